@@ -1,0 +1,1 @@
+"""The `formula` command line."""

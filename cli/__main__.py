@@ -1,0 +1,5 @@
+import sys
+
+from formula.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,858 @@
+"""Expressions → checked values, directed by the type the schema expects.
+
+Every mistake becomes a diagnostic and the value `INVALID`, which later checks pass over
+silently so that one mistake is reported once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import ast, plan, types as T
+from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
+from .resolve import BlockDef, Program, Scope, VarDef
+from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, VAR_TYPES
+from .source import Span
+
+
+class _Invalid:
+    def __repr__(self) -> str:
+        return "INVALID"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+INVALID = _Invalid()
+
+
+@dataclass(frozen=True)
+class FuncValue:
+    name: str
+    args: dict
+    span: Span
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    block: BlockDef
+    member: str | None
+    span: Span
+
+
+def _kind_article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _expr_name(expr: ast.Expr) -> str | None:
+    if isinstance(expr, ast.Name):
+        return expr.name
+    if isinstance(expr, ast.Attr):
+        base = _expr_name(expr.obj)
+        return f"{base}.{expr.attr.name}" if base else None
+    return None
+
+
+def describe_value(expr: ast.Expr) -> str:
+    return {
+        ast.Number: "a number", ast.String: "a string", ast.Bool: "a boolean",
+        ast.Percent: "a percentage", ast.Size: "a size", ast.ListExpr: "a list",
+        ast.Call: "a call", ast.Compare: "a comparison", ast.BoolOp: "a condition",
+        ast.Not: "a condition", ast.Where: "a filtered corpus", ast.BinOp: "arithmetic",
+        ast.Neg: "a number",
+    }.get(type(expr), "a name")
+
+
+class Evaluator:
+    def __init__(self, program: Program, diagnostics: list[Diagnostic], lenient_vars: bool = False):
+        self.program = program
+        self.diags = diagnostics
+        self.lenient_vars = lenient_vars  # abstract formulas: a required var may stay unset
+        self.var_values: dict[tuple[int, str], object] = {}
+        self.var_busy: set[tuple[int, str]] = set()
+        self.used_vars: set[tuple[int, str]] = set()
+        self.refs: list[tuple[BlockDef | None, BlockDef, Span]] = []  # (from, to, where)
+        self.current_block: BlockDef | None = None
+        self.holdout_uses: list[tuple[plan.DataView, BlockDef, ast.Expr]] = []
+
+    def err(self, *args, **kw) -> _Invalid:
+        self.diags.append(error(*args, **kw))
+        return INVALID
+
+    # --- vars -----------------------------------------------------------------------------------
+
+    def var_type(self, var: VarDef) -> T.Type | None:
+        return VAR_TYPES.get(var.decl.type.name)
+
+    def var_value(self, scope: Scope, name: str, at: Span | None) -> object:
+        var = scope.vars[name]
+        key = (id(scope), name)
+        if at is not None:
+            self.used_vars.add(key)
+        if key in self.var_values:
+            return self.var_values[key]
+        if key in self.var_busy:
+            return self.err("var-cycle", f"var `{name}` is defined in terms of itself",
+                            at or var.decl.name.span, "used here while computing its value")
+        typ = self.var_type(var)
+        if typ is None:
+            self.var_values[key] = INVALID
+            return INVALID
+        if var.value is None:
+            if var.decl.required and not self.lenient_vars:
+                where = var.set_at or var.decl.name.span
+                self.err("missing-var", f"var `{name}` is required and has no value",
+                         var.decl.name.span, "declared `required` here",
+                         help=f"set it on the command line (`var.{name}=...`), in a formula that "
+                              f"extends this one (`var.{name} = ...`), or in the importing `use`")
+            self.var_values[key] = INVALID
+            return INVALID
+        self.var_busy.add(key)
+        saved, self.current_block = self.current_block, None
+        value = self.eval(var.value, typ, var.value_scope or scope)
+        self.current_block = saved
+        self.var_busy.discard(key)
+        if value is not INVALID:
+            value = self._check_var_constraints(var, value, scope)
+        self.var_values[key] = value
+        return value
+
+    def _check_var_constraints(self, var: VarDef, value: object, scope: Scope) -> object:
+        decl = var.decl
+        if decl.enum is not None:
+            allowed = []
+            typ = self.var_type(var)
+            for item in decl.enum.items:
+                v = self.eval(item, typ, scope)
+                if v is not INVALID:
+                    allowed.append(v)
+            if allowed and value not in allowed:
+                labels = [Label(decl.enum.span, "allowed values")]
+                return self.err("var-enum", f"var `{decl.name.name}` must be one of "
+                                f"{', '.join(_show(a) for a in allowed)}, not {_show(value)}",
+                                var.value.span, "not allowed", labels=labels,
+                                help=did_you_mean(str(value), [str(a) for a in allowed]))
+        if decl.pattern is not None:
+            try:
+                rx = re.compile(decl.pattern.value)
+            except re.error as exc:
+                return self.err("bad-pattern", f"the pattern of var `{decl.name.name}` is not a "
+                                f"valid regular expression: {exc}", decl.pattern.span, "invalid")
+            if not isinstance(value, str) or not rx.fullmatch(value):
+                return self.err("var-pattern", f"var `{decl.name.name}` = {_show(value)} does not "
+                                f"match its pattern", var.value.span, "does not match",
+                                labels=[Label(decl.pattern.span, "pattern")])
+        return value
+
+    def lookup_var(self, expr: ast.Expr, scope: Scope) -> VarDef | None:
+        if isinstance(expr, ast.Name) and expr.name in scope.vars:
+            return scope.vars[expr.name]
+        if (isinstance(expr, ast.Attr) and isinstance(expr.obj, ast.Name)
+                and expr.obj.name in ("var", "param") and expr.attr.name in scope.vars
+                and expr.obj.name not in scope.blocks):
+            return scope.vars[expr.attr.name]
+        return None
+
+    def _var_ref(self, expr: ast.Expr, scope: Scope) -> object | None:
+        """The value of `expr` if it names a var; None if it does not."""
+        var = self.lookup_var(expr, scope)
+        if var is None:
+            if (isinstance(expr, ast.Attr) and isinstance(expr.obj, ast.Name)
+                    and expr.obj.name in ("var", "param") and expr.obj.name not in scope.blocks):
+                return self.err("undefined", f"no var `{expr.attr.name}`", expr.attr.span,
+                                "not declared", help=did_you_mean(expr.attr.name, scope.vars))
+            return None
+        return self.var_value(scope, var.decl.name.name, expr.span)
+
+    # --- references -------------------------------------------------------------------------
+
+    def resolve_ref(self, expr: ast.Expr, scope: Scope, want: str) -> BlockRef | _Invalid:
+        """A block reference: `name`, `name.member`, `alias.name`, `alias.name.member`."""
+        parts: list[ast.Ident] = []
+        node = expr
+        while isinstance(node, ast.Attr):
+            parts.append(node.attr)
+            node = node.obj
+        if not isinstance(node, ast.Name):
+            return self.err("type", f"expected {want}, found {describe_value(expr)}", expr.span,
+                            f"not {want}")
+        parts.append(ast.Ident(node.name, node.span))
+        parts.reverse()
+        current = scope
+        i = 0
+        while parts[i].name in current.uses and parts[i].name not in current.blocks and i + 1 < len(parts):
+            current = current.uses[parts[i].name]
+            i += 1
+        name = parts[i]
+        block = current.blocks.get(name.name)
+        if block is None:
+            candidates = list(current.blocks) + list(current.uses)
+            if name.name in current.vars:
+                return self.err("type", f"expected {want}, found var `{name.name}`", name.span,
+                                f"a var, not {want}")
+            hint = did_you_mean(name.name, candidates)
+            if name.name in current.uses:
+                hint = f"`{name.name}` is an import; name one of its blocks: " + \
+                    one_of(current.uses[name.name].blocks)
+            return self.err("undefined", f"`{name.name}` is not defined", name.span,
+                            "no block of this name", help=hint)
+        rest = parts[i + 1:]
+        if len(rest) > 1:
+            return self.err("undefined", f"`{'.'.join(p.name for p in parts)}` goes too deep",
+                            expr.span, "unknown member")
+        self.refs.append((self.current_block, block, expr.span))
+        return BlockRef(block, rest[0].name if rest else None, expr.span)
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def eval(self, expr: ast.Expr, typ: T.Type, scope: Scope) -> object:
+        method = getattr(self, "_eval_" + type(typ).__name__.rstrip("_"))
+        return method(expr, typ, scope)
+
+    def _mismatch(self, expr: ast.Expr, typ: T.Type, extra_help: str = "") -> _Invalid:
+        found = describe_value(expr)
+        if isinstance(expr, ast.Name) and found == "a name":
+            found = f"the name `{expr.name}`"
+        return self.err("type", f"expected {typ.describe}, found {found}", expr.span,
+                        f"expected {typ.describe}", help=extra_help)
+
+    def _eval_Str(self, expr, typ, scope):
+        if isinstance(expr, ast.String):
+            return expr.value
+        v = self._var_ref(expr, scope)
+        if v is not None:
+            return self._check_var_type(expr, v, typ, str)
+        if isinstance(expr, ast.Name):
+            return self.err("undefined", f"`{expr.name}` is not defined", expr.span,
+                            "expected a string", help=f'to write text, quote it: `"{expr.name}"`'
+                            + (f"; or {did_you_mean(expr.name, scope.vars)}"
+                               if did_you_mean(expr.name, scope.vars) else ""))
+        return self._mismatch(expr, typ)
+
+    def _eval_Bool(self, expr, typ, scope):
+        if isinstance(expr, ast.Bool):
+            return expr.value
+        v = self._var_ref(expr, scope)
+        if v is not None:
+            return self._check_var_type(expr, v, typ, bool)
+        if isinstance(expr, ast.Name):
+            return self._undefined_name(expr, scope, typ)
+        return self._mismatch(expr, typ)
+
+    def _check_var_type(self, expr, value, typ, py) -> object:
+        if value is INVALID:
+            return INVALID
+        ok = isinstance(value, py) and not (py in (int, float) and isinstance(value, bool))
+        if py is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            return self.err("type", f"expected {typ.describe}, found {_show(value)}",
+                            expr.span, f"this var holds {_py_describe(value)}")
+        return value
+
+    def _undefined_name(self, expr: ast.Name, scope: Scope, typ: T.Type) -> _Invalid:
+        hint = did_you_mean(expr.name, list(scope.vars))
+        return self.err("undefined", f"`{expr.name}` is not defined", expr.span,
+                        f"expected {typ.describe}", help=hint or "declare it with `var NAME: TYPE = VALUE`")
+
+    def numeric(self, expr: ast.Expr, scope: Scope) -> object:
+        """Arithmetic on numbers and number vars."""
+        if isinstance(expr, ast.Number):
+            return expr.value
+        if isinstance(expr, ast.Neg):
+            v = self.numeric(expr.operand, scope)
+            return INVALID if v is INVALID else -v
+        if isinstance(expr, ast.BinOp):
+            left, right = self.numeric(expr.left, scope), self.numeric(expr.right, scope)
+            if left is INVALID or right is INVALID:
+                return INVALID
+            if expr.op == "/":
+                if right == 0:
+                    return self.err("division-by-zero", "division by zero", expr.right.span,
+                                    "this is zero")
+                result = left / right
+                return int(result) if isinstance(left, int) and isinstance(right, int) and \
+                    result.is_integer() else result
+            return {"+": left + right, "-": left - right, "*": left * right}[expr.op]
+        v = self._var_ref(expr, scope)
+        if v is not None:
+            if v is INVALID:
+                return INVALID
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return self.err("type", f"arithmetic needs numbers, found {_show(v)}", expr.span,
+                                f"this var holds {_py_describe(v)}")
+            return v
+        if isinstance(expr, ast.Name):
+            return self._undefined_name(expr, scope, T.Float())
+        return self.err("type", f"arithmetic needs numbers, found {describe_value(expr)}",
+                        expr.span, "not a number")
+
+    def _eval_Number(self, expr, typ: T.Number, scope):
+        if not isinstance(expr, (ast.Number, ast.Neg, ast.BinOp, ast.Name, ast.Attr)):
+            extra = ""
+            if isinstance(expr, ast.Percent):
+                extra = f"write it as a number: `{expr.value / 100:g}`"
+            elif isinstance(expr, ast.String):
+                extra = "remove the quotes"
+            return self._mismatch(expr, typ, extra)
+        value = self.numeric(expr, scope)
+        if value is INVALID:
+            return INVALID
+        if typ.integer and isinstance(value, float):
+            if not value.is_integer() or isinstance(expr, ast.Number):
+                return self.err("type", f"expected an integer, found {value:g}", expr.span,
+                                "not a whole number")
+            value = int(value)
+        if not typ.in_bounds(value):
+            return self.err("out-of-range", f"{_show(value)} is out of range", expr.span,
+                            f"must be {typ.bounds_text()}")
+        return value
+
+    def _eval_Fraction(self, expr, typ: T.Fraction, scope):
+        if isinstance(expr, ast.Percent):
+            value = expr.value / 100
+        elif isinstance(expr, ast.Number):
+            if not 0 <= expr.value <= 1:
+                return self.err("type", f"expected a percentage, found {expr.text}", expr.span,
+                                "a share, not a count",
+                                help=f"write `{expr.text}%` for {expr.text} percent, or a fraction "
+                                "between 0 and 1")
+            value = float(expr.value)
+        else:
+            v = self._var_ref(expr, scope)
+            if v is None:
+                if isinstance(expr, ast.Name):
+                    return self._undefined_name(expr, scope, typ)
+                return self._mismatch(expr, typ)
+            if v is INVALID:
+                return INVALID
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return self.err("type", f"expected a percentage, found {_show(v)}", expr.span,
+                                f"this var holds {_py_describe(v)}")
+            value = float(v)
+        if not typ.in_bounds(value):
+            return self.err("out-of-range", f"{_pct(value)} is out of range", expr.span,
+                            f"must be {typ.bounds_text()}")
+        return value
+
+    def _eval_Size(self, expr, typ: T.Size, scope):
+        if isinstance(expr, ast.Size):
+            unit = T.SIZE_UNITS.get(expr.unit.name)
+            if unit is None:
+                units = [u for u, (dim, _) in T.SIZE_UNITS.items() if dim == typ.dimension]
+                return self.err("unknown-unit", f"unknown unit `{expr.unit.name}`", expr.unit.span,
+                                "not a unit", help=did_you_mean(expr.unit.name, units) or
+                                f"units here: {one_of(units)}")
+            dim, scale = unit
+            if dim != typ.dimension:
+                return self.err("type", f"expected {typ.describe}, found a size in {dim}",
+                                expr.span, f"{dim}, not {typ.dimension}")
+            value = expr.value * scale
+            if isinstance(value, float) and not value.is_integer():
+                return self.err("type", "a size must be a whole number of units", expr.span,
+                                "not whole")
+            value = int(value)
+        elif isinstance(expr, ast.Number):
+            unit = "tokens" if typ.dimension == "tokens" else "MiB"
+            return self.err("type", f"`{expr.text}` needs a unit", expr.span, "no unit",
+                            help=f"write `{expr.text} {unit}`")
+        else:
+            var = self.lookup_var(expr, scope)
+            if var is None:
+                v = self._var_ref(expr, scope)  # reports `var.unknown`
+                return INVALID if v is INVALID else self._mismatch(expr, typ)
+            var_type = self.var_type(var)
+            value = self.var_value(scope, var.decl.name.name, expr.span)
+            if value is INVALID:
+                return INVALID
+            if not isinstance(var_type, T.Size) or var_type.dimension != typ.dimension:
+                return self.err("type", f"expected {typ.describe}", expr.span,
+                                f"this var holds {_py_describe(value)}",
+                                labels=[Label(var.decl.type.span, "declared here")])
+        if value < typ.lo:
+            return self.err("out-of-range", f"{value} is out of range", expr.span,
+                            f"must be at least {typ.lo}")
+        return value
+
+    def _eval_Symbol(self, expr, typ: T.Symbol, scope):
+        if isinstance(expr, ast.Name):
+            var = self.lookup_var(expr, scope)
+            if expr.name in typ.choices or (typ.open and var is None):
+                if var is not None:
+                    return self.err("ambiguous-name", f"`{expr.name}` is both a var and a "
+                                    f"{typ.what}", expr.span, "ambiguous",
+                                    labels=[Label(var.decl.name.span, "var declared here")],
+                                    help=f"write `var.{expr.name}` for the var, or rename it")
+                return expr.name
+            if var is not None:
+                value = self.var_value(scope, expr.name, expr.span)
+                if value is INVALID:
+                    return INVALID
+                if isinstance(value, str) and (typ.open or value in typ.choices):
+                    return value
+                return self.err("type", f"expected {typ.describe}, found {_show(value)}",
+                                expr.span, f"the var holds {_show(value)}",
+                                help=f"choose one of {one_of(typ.choices)}")
+            hint = did_you_mean(expr.name, typ.choices)
+            return self.err("unknown-value", f"unknown {typ.what} `{expr.name}`", expr.span,
+                            f"not a {typ.what}", help=hint or f"choose one of {one_of(typ.choices)}")
+        if isinstance(expr, ast.Attr):
+            v = self._var_ref(expr, scope)
+            if v is not None:
+                if v is INVALID:
+                    return INVALID
+                if isinstance(v, str) and (typ.open or v in typ.choices):
+                    return v
+                return self.err("type", f"expected {typ.describe}, found {_show(v)}", expr.span,
+                                "not allowed here", help=f"choose one of {one_of(typ.choices)}")
+        if isinstance(expr, ast.String) and (typ.open or expr.value in typ.choices):
+            return self.err("type", f"expected {typ.describe}, found a string", expr.span,
+                            "a string", help=f"write it without quotes: `{expr.value}`")
+        if typ.choices:
+            return self._mismatch(expr, typ, f"choose one of {one_of(typ.choices)}")
+        return self._mismatch(expr, typ)
+
+    def _eval_ListOf(self, expr, typ: T.ListOf, scope):
+        if isinstance(expr, ast.ListExpr):
+            items = [self.eval(item, typ.item, scope) for item in expr.items]
+            if any(i is INVALID for i in items):
+                return INVALID
+        else:
+            v = self._var_ref(expr, scope)
+            if v is None:
+                single = typ.item.describe
+                return self._mismatch(expr, typ, f"a single value needs brackets: `[{expr.span.text}]`"
+                                      if not isinstance(expr, ast.Call) or single else "")
+            if v is INVALID:
+                return INVALID
+            if not isinstance(v, tuple):
+                return self.err("type", f"expected {typ.describe}", expr.span,
+                                f"this var holds {_py_describe(v)}")
+            items = list(v)
+            if isinstance(typ.item, T.Symbol):
+                bad = [i for i in items if not isinstance(i, str) or
+                       not (typ.item.open or i in typ.item.choices)]
+                if bad:
+                    return self.err("unknown-value", f"unknown {typ.item.what} {_show(bad[0])} in "
+                                    "the var's list", expr.span, "from this var",
+                                    help=did_you_mean(str(bad[0]), typ.item.choices))
+        if len(items) < typ.min_len:
+            return self.err("out-of-range", "the list is empty", expr.span,
+                            f"needs at least {typ.min_len} item")
+        return tuple(items)
+
+    def _eval_Any(self, expr, typ, scope):
+        if isinstance(expr, (ast.String, ast.Bool)):
+            return expr.value
+        if isinstance(expr, ast.Number):
+            return expr.value
+        if isinstance(expr, ast.Percent):
+            return expr.value / 100
+        if isinstance(expr, ast.Size):
+            unit = T.SIZE_UNITS.get(expr.unit.name)
+            if unit is None:
+                return self.err("unknown-unit", f"unknown unit `{expr.unit.name}`", expr.unit.span,
+                                "not a unit", help=did_you_mean(expr.unit.name, T.SIZE_UNITS))
+            return (unit[0], int(expr.value * unit[1]))
+        if isinstance(expr, ast.ListExpr):
+            items = [self._eval_Any(i, typ, scope) for i in expr.items]
+            return INVALID if any(i is INVALID for i in items) else tuple(items)
+        if isinstance(expr, ast.Name) and self.lookup_var(expr, scope) is None:
+            return expr.name  # a bare name in a list var: a symbol such as q_proj
+        v = self._var_ref(expr, scope)
+        if v is not None:
+            return v
+        if isinstance(expr, (ast.Neg, ast.BinOp)):
+            return self.numeric(expr, scope)
+        return self.err("type", f"expected a literal value, found {describe_value(expr)}",
+                        expr.span, "not a literal")
+
+    def _eval_OneOf(self, expr, typ: T.OneOf, scope):
+        funcs = typ.funcs()
+        if isinstance(expr, ast.Call):
+            if not isinstance(expr.func, ast.Name):
+                return self._mismatch(expr, typ)
+            func = funcs.get(expr.func.name)
+            if func is None:
+                for o in typ.options:
+                    if isinstance(o, T.ListOf) and isinstance(o.item, T.OneOf) and \
+                            expr.func.name in o.item.funcs():
+                        return self.eval(expr, o.item.funcs()[expr.func.name], scope)
+                return self.err("unknown-function", f"`{expr.func.name}` is not allowed here",
+                                expr.func.span, "unknown function",
+                                help=did_you_mean(expr.func.name, funcs) or
+                                f"expected {typ.describe}")
+            return self.eval(expr, func, scope)
+        if isinstance(expr, ast.ListExpr):
+            for o in typ.options:
+                if isinstance(o, T.ListOf):
+                    return self.eval(expr, o, scope)
+        symbols = typ.symbols()
+        if isinstance(expr, (ast.Name, ast.Attr)) and (symbols or self.lookup_var(expr, scope)):
+            if isinstance(expr, ast.Name) and expr.name in funcs:
+                return self.err("type", f"`{expr.name}` is a function", expr.span,
+                                "missing arguments", help=f"call it: `{expr.name}(...)`")
+            if symbols:
+                return self._eval_Symbol(expr, T.Symbol(symbols, _symbol_what(typ)), scope)
+        for o in typ.options:
+            if isinstance(o, (T.Str, T.Number)) and _fits(expr, o):
+                return self.eval(expr, o, scope)
+        return self._mismatch(expr, typ)
+
+    def _eval_Func(self, expr, func: T.Func, scope):
+        if not isinstance(expr, ast.Call) or not isinstance(expr.func, ast.Name) or \
+                expr.func.name != func.name:
+            return self._mismatch(expr, func)
+        args: dict[str, object] = {}
+        positional = [p for p in func.params if p.positional]
+        ok = True
+        for i, arg in enumerate(expr.args):
+            if i >= len(positional):
+                self.err("bad-argument", f"`{func.name}` takes at most {len(positional)} "
+                         f"positional argument{'s' if len(positional) != 1 else ''}", arg.span,
+                         "extra argument", help="name the argument: " +
+                         ", ".join(f"`{p.name} = ...`" for p in func.params if not p.positional))
+                ok = False
+                continue
+            p = positional[i]
+            args[p.name] = self.eval(arg, p.type, scope)
+        for kw in expr.kwargs:
+            p = func.param(kw.name.name)
+            if p is None:
+                self.err("unknown-argument", f"`{func.name}` has no argument `{kw.name.name}`",
+                         kw.name.span, "unknown argument",
+                         help=did_you_mean(kw.name.name, [q.name for q in func.params]) or
+                         f"its arguments: {one_of(q.name for q in func.params)}")
+                ok = False
+                continue
+            if p.name in args:
+                self.err("duplicate-argument", f"argument `{p.name}` is given twice", kw.span,
+                         "given again")
+                ok = False
+                continue
+            args[p.name] = self.eval(kw.value, p.type, scope)
+        for p in func.params:
+            if p.name not in args:
+                if p.required:
+                    self.err("missing-argument", f"`{func.name}` needs `{p.name}`", expr.span,
+                             f"`{p.name}` is missing",
+                             help=f"add `{p.name} = ...`" if not p.positional else
+                             f"write `{func.name}({p.name})`... e.g. `{_example_call(func)}`")
+                    ok = False
+                else:
+                    args[p.name] = p.default
+        if not ok or any(v is INVALID for v in args.values()):
+            return INVALID
+        return FuncValue(func.name, args, expr.span)
+
+    def _eval_Ref(self, expr, typ: T.Ref, scope):
+        if isinstance(expr, ast.Name) and self.lookup_var(expr, scope) and expr.name not in scope.blocks:
+            return self._mismatch(expr, typ)
+        ref = self.resolve_ref(expr, scope, " or ".join(_kind_article(k) for k in typ.kinds))
+        if ref is INVALID:
+            return INVALID
+        if ref.block.kind.name not in typ.kinds:
+            return self.err("wrong-kind", f"expected {' or '.join(_kind_article(k) for k in typ.kinds)}"
+                            f", but `{ref.block.name.name}` is {_kind_article(ref.block.kind.name)}",
+                            expr.span, f"{_kind_article(ref.block.kind.name)}",
+                            labels=[Label(ref.block.name.span, "defined here")])
+        if ref.member is not None:
+            return self.err("undefined", f"`{expr.span.text}`: a {ref.block.kind.name} has no "
+                            f"member here", expr.span, "name the block alone",
+                            help=f"write `{ref.block.name.name}`")
+        return ref
+
+    def _eval_DataRef(self, expr, typ, scope):
+        if isinstance(expr, ast.Where):
+            base = self._eval_DataRef(expr.base, typ, scope)
+            if base is INVALID:
+                return INVALID
+            view, block = base
+            if view.kind != "corpus":
+                return self.err("wrong-kind", "`where` filters a corpus", expr.base.span,
+                                f"`{view.name}` is preference pairs",
+                                help="filter the corpus the pairs are built from")
+            cond = self.predicate(expr.cond, scope)
+            if cond is INVALID:
+                return INVALID
+            where = cond if view.where is None else plan.AllOf((view.where, cond))
+            return plan.DataView(view.kind, view.name, view.split, where), block
+        ref = self.resolve_ref(expr, scope, "a corpus or pairs")
+        if ref is INVALID:
+            return INVALID
+        kind = ref.block.kind.name
+        if kind not in ("corpus", "pairs"):
+            return self.err("wrong-kind", f"expected a corpus or pairs, but `{ref.block.name.name}` "
+                            f"is {_kind_article(kind)}", expr.span, f"{_kind_article(kind)}",
+                            labels=[Label(ref.block.name.span, "defined here")])
+        split = ref.member or "train"
+        if kind == "corpus" and split not in ("train", "holdout"):
+            return self.err("undefined", f"a corpus has no `{split}`", expr.span, "unknown split",
+                            help=did_you_mean(split, ("train", "holdout")) or
+                            "a corpus has `.train` and `.holdout`")
+        if kind == "pairs" and ref.member is not None:
+            return self.err("undefined", f"pairs have no `{split}`", expr.span, "unknown member",
+                            help=f"write `{ref.block.name.name}`")
+        return plan.DataView(kind, ref.block.qualified, split), ref.block
+
+    def _eval_Target(self, expr, typ, scope):
+        ref = self.resolve_ref(expr, scope, "a model, stage, assemble or export output")
+        if ref is INVALID:
+            return INVALID
+        kind = ref.block.kind.name
+        if kind not in ("model", "stage", "assemble", "export"):
+            return self.err("wrong-kind", f"`{ref.block.name.name}` is {_kind_article(kind)}, "
+                            "not something that can be evaluated", expr.span, "not a model",
+                            help="evaluate a model, a stage, an assemble or an export output "
+                                 "such as `gguf.q8_0`")
+        if kind != "export" and ref.member is not None:
+            return self.err("undefined", f"{_kind_article(kind)} has no member `{ref.member}`",
+                            expr.span, "unknown member", help=f"write `{ref.block.name.name}`")
+        return ref
+
+    # --- conditions -------------------------------------------------------------------------
+
+    def _eval_Predicate(self, expr, typ, scope):
+        return self.predicate(expr, scope)
+
+    def predicate(self, expr: ast.Expr, scope: Scope) -> plan.Pred | _Invalid:
+        if isinstance(expr, ast.BoolOp):
+            left, right = self.predicate(expr.left, scope), self.predicate(expr.right, scope)
+            if left is INVALID or right is INVALID:
+                return INVALID
+            cls = plan.AllOf if expr.op == "and" else plan.AnyOf
+            parts = []
+            for p in (left, right):
+                parts.extend(p.parts if isinstance(p, cls) else (p,))
+            return cls(tuple(parts))
+        if isinstance(expr, ast.Not):
+            inner = self.predicate(expr.operand, scope)
+            return INVALID if inner is INVALID else plan.Negate(inner)
+        if isinstance(expr, ast.Bool):
+            return plan.Always(expr.value)
+        if isinstance(expr, ast.Compare):
+            return self._comparison(expr, scope)
+        hint = ""
+        if isinstance(expr, ast.Name) and expr.name in METADATA_FIELDS:
+            hint = f"compare it: `{expr.name} == ...`"
+        return self.err("type", f"expected a condition, found {describe_value(expr)}", expr.span,
+                        "not a condition", help=hint or "e.g. `role == \"polecat\" and turns >= 2`")
+
+    def _field_name(self, expr: ast.Expr, scope: Scope) -> str | None:
+        if isinstance(expr, ast.Name) and expr.name in METADATA_FIELDS:
+            var = self.lookup_var(expr, scope)
+            if var is not None:
+                self.err("ambiguous-name", f"`{expr.name}` is both a session field and a var",
+                         expr.span, "ambiguous", labels=[Label(var.decl.name.span, "var declared here")],
+                         help=f"write `var.{expr.name}` for the var; a bare `{expr.name}` in a "
+                              "condition would be the session's field")
+                return "!"
+            return expr.name
+        return None
+
+    def _comparison(self, expr: ast.Compare, scope: Scope) -> plan.Pred | _Invalid:
+        left, right = self._field_name(expr.left, scope), self._field_name(expr.right, scope)
+        if "!" in (left, right):
+            return INVALID
+        op = expr.op
+        if left is None and right is not None and op != "in":
+            expr = ast.Compare(_mirror(op), expr.right, expr.left, expr.span)
+            op, left = expr.op, right
+        if left is None:
+            if isinstance(expr.left, ast.Name) and self.lookup_var(expr.left, scope) is None:
+                return self.err("unknown-field", f"sessions have no field `{expr.left.name}`",
+                                expr.left.span, "unknown field",
+                                help=did_you_mean(expr.left.name, METADATA_FIELDS) or
+                                f"fields: {one_of(METADATA_FIELDS)}")
+            return self.err("type", "a condition compares a session field with a value",
+                            expr.span, "no session field here",
+                            help=f"fields: {one_of(METADATA_FIELDS)}")
+        if self._field_name(expr.right, scope) is not None:
+            return self.err("type", "a condition compares a field with a value, not two fields",
+                            expr.right.span, "a field")
+        py = METADATA_FIELDS[left]
+        item_type = T.Str() if py is str else T.Int()
+        if op == "in":
+            value = self.eval(expr.right, T.ListOf(item_type, min_len=1), scope)
+        else:
+            if py is str and isinstance(expr.right, ast.Name) and self.lookup_var(expr.right, scope) is None:
+                return self.err("undefined", f"`{expr.right.name}` is not defined", expr.right.span,
+                                "not a var", help=f'to compare with the text, write `"{expr.right.name}"`')
+            if py is str and op not in ("==", "!=") and left != "date":
+                return self.err("type", f"`{left}` is text; compare it with `==` or `!=`", expr.span,
+                                f"`{op}` on text")
+            value = self.eval(expr.right, item_type, scope)
+        if value is INVALID:
+            return INVALID
+        if left == "role":
+            for v in (value if isinstance(value, tuple) else (value,)):
+                if v not in ROLES:
+                    self.diags.append(warning(
+                        "unknown-role", f"no Gas Town role is called {_show(v)}", expr.right.span,
+                        "unknown role", help=did_you_mean(str(v), ROLES) or
+                        f"roles: {one_of(ROLES)}"))
+        return plan.Cmp(left, op, value)
+
+    # --- eval checks ------------------------------------------------------------------------
+
+    def gate(self, expr: ast.Expr, scope: Scope) -> tuple | _Invalid:
+        if not isinstance(expr, ast.Compare) or expr.op in ("==", "!=", "in"):
+            return self.err("bad-check", "a check compares a metric with a threshold", expr.span,
+                            "not a comparison" if not isinstance(expr, ast.Compare) else
+                            f"`{expr.op}` is not a gate",
+                            help="e.g. `check perplexity(data.holdout) <= 12` (use <, <=, > or >=)")
+        left, right = self.metric(expr.left, scope), self.metric(expr.right, scope)
+        if left is INVALID or right is INVALID:
+            return INVALID
+        if isinstance(left, plan.Const) and isinstance(right, plan.Const):
+            return self.err("bad-check", "this check compares two constants", expr.span,
+                            "no metric here", help="measure something: `perplexity(...)`, "
+                            "`prompts(...).pass_rate` or `eos_rate(...)`")
+        return left, expr.op, right
+
+    def _eval_Metric(self, expr, typ, scope):
+        value = self.metric(expr, scope)
+        if isinstance(value, plan.Const):
+            return self.err("type", "expected a metric, found a constant", expr.span, "not a metric",
+                            help=f"metrics: {one_of(METRICS)}")
+        return value
+
+    def metric(self, expr: ast.Expr, scope: Scope) -> plan.MetricExpr | _Invalid:
+        if isinstance(expr, (ast.Number, ast.Percent)):
+            return plan.Const(float(expr.value / 100 if isinstance(expr, ast.Percent) else expr.value))
+        if isinstance(expr, ast.BinOp):
+            left, right = self.metric(expr.left, scope), self.metric(expr.right, scope)
+            if left is INVALID or right is INVALID:
+                return INVALID
+            return plan.Arith(expr.op, left, right)
+        if isinstance(expr, ast.Neg):
+            inner = self.metric(expr.operand, scope)
+            return INVALID if inner is INVALID else plan.Arith("*", plan.Const(-1.0), inner)
+        if isinstance(expr, ast.Attr) and isinstance(expr.obj, ast.Call):
+            return self._metric_call(expr.obj, scope, expr.attr)
+        if isinstance(expr, ast.Call):
+            return self._metric_call(expr, scope, None)
+        var = self.lookup_var(expr, scope)
+        if var is not None:
+            v = self.numeric(expr, scope)
+            return INVALID if v is INVALID else plan.Const(float(v))
+        if isinstance(expr, ast.Name):
+            return self.err("undefined", f"`{expr.name}` is not a metric or a var", expr.span,
+                            "unknown", help=did_you_mean(expr.name, list(METRICS) + list(scope.vars))
+                            or f"metrics: {one_of(METRICS)}")
+        return self.err("type", f"expected a metric, found {describe_value(expr)}", expr.span,
+                        "not a metric")
+
+    def _metric_call(self, expr: ast.Call, scope: Scope, attr: ast.Ident | None):
+        if not isinstance(expr.func, ast.Name) or expr.func.name not in METRICS:
+            name = expr.func.name if isinstance(expr.func, ast.Name) else expr.func.span.text
+            return self.err("unknown-function", f"unknown metric `{name}`", expr.func.span,
+                            "not a metric", help=did_you_mean(name, METRICS) or
+                            f"metrics: {one_of(METRICS)}")
+        func = METRICS[expr.func.name]
+        target = None
+        args = list(expr.args)
+        kwargs = list(expr.kwargs)
+        n_pos = sum(p.positional for p in func.params)
+        model_kw = next((k for k in kwargs if k.name.name == "model"), None)
+        if model_kw is not None:
+            kwargs.remove(model_kw)
+            target_expr = model_kw.value
+        elif len(args) > n_pos:
+            target_expr = args.pop(0)
+        else:
+            target_expr = None
+        if target_expr is not None:
+            ref = self._eval_Target(target_expr, T.Target(), scope)
+            if ref is INVALID:
+                return INVALID
+            target = ref
+        value = self._eval_Func(ast.Call(expr.func, tuple(args), tuple(kwargs), expr.span), func, scope)
+        if value is INVALID:
+            return INVALID
+        attrs = METRIC_ATTRS.get(func.name, ())
+        if attr is None and attrs:
+            return self.err("bad-check", f"`{func.name}(...)` gives several figures; pick one",
+                            expr.span, "pick a figure", help=f"write `{expr.span.text}.{attrs[0]}`")
+        if attr is not None and attr.name not in attrs:
+            return self.err("undefined", f"`{func.name}(...)` has no figure `{attr.name}`",
+                            attr.span, "unknown figure",
+                            help=did_you_mean(attr.name, attrs) or
+                            (f"figures: {one_of(attrs)}" if attrs else "it is a number already"))
+        data = None
+        rest = {}
+        for k, v in value.args.items():
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], plan.DataView):
+                data = v[0]
+                self._check_holdout(v[0], v[1], expr)
+            else:
+                rest[k] = v
+        return plan.MetricCall(func.name, target, data, tuple(sorted(rest.items())),
+                               attr.name if attr is not None else None)
+
+    def _check_holdout(self, view: plan.DataView, block: BlockDef, at: ast.Expr) -> None:
+        self.holdout_uses.append((view, block, at))
+        if view.kind == "corpus" and view.split == "train":
+            self.diags.append(warning(
+                "eval-on-train", f"this measures `{block.name.name}`'s training split", at.span,
+                "training data", help=f"measure held-out data: `{block.name.name}.holdout`"))
+
+
+def _fits(expr: ast.Expr, typ: T.Type) -> bool:
+    if isinstance(typ, T.Str):
+        return isinstance(expr, (ast.String, ast.Name, ast.Attr))
+    if isinstance(typ, T.Number):
+        return isinstance(expr, (ast.Number, ast.Neg, ast.BinOp, ast.Name, ast.Attr))
+    return False
+
+
+def _symbol_what(typ: T.OneOf) -> str:
+    for o in typ.options:
+        if isinstance(o, T.Symbol):
+            return o.what
+    return "value"
+
+
+def _example_call(func: T.Func) -> str:
+    pos = [p.name for p in func.params if p.positional and p.required]
+    return f"{func.name}({', '.join(pos)})"
+
+
+def _mirror(op: str) -> str:
+    return {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("tokens", "bytes"):
+        return f"{value[1]} {value[0]}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _py_describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("tokens", "bytes"):
+        return f"a size in {value[0]}"
+    if isinstance(value, tuple):
+        return "a list"
+    return "a value"
+
+
+def _pct(v: float) -> str:
+    x = round(v * 100, 6)
+    return f"{int(x) if float(x).is_integer() else x}%"
