@@ -390,7 +390,7 @@ class _Checker:
             spec = schema.field(name)
             if spec.methods and method not in spec.methods:
                 self.err("wrong-method", f"`{name}` applies to {' and '.join(spec.methods)} stages "
-                         f"only", node.name.span, f"this is a {method} stage",
+                         f"only", node.name.span, f"this is {_kind_article(method)} stage",
                          labels=[Label(c.nodes["method"].value.span, "method set here")],
                          help=f"remove `{name}`")
                 ok = False
@@ -534,7 +534,7 @@ class _Checker:
 
     def _eval(self, c: _Checked) -> plan.EvalPlan | None:
         v, b = c.values, c.block
-        if not c.gates and not v.get("metrics"):
+        if not any(isinstance(m, ast.Check) for m in b.members) and not v.get("metrics"):
             self.err("empty-eval", f"eval `{b.name.name}` checks nothing", b.name.span,
                      "no checks", help="add a gate: `check perplexity(data.holdout) <= 20`")
             return None

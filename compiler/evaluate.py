@@ -42,7 +42,7 @@ class BlockRef:
 
 
 def _kind_article(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    return f"an {kind}" if kind[0] in "aeiou" or kind in ("sft",) else f"a {kind}"
 
 
 def _expr_name(expr: ast.Expr) -> str | None:
@@ -75,6 +75,7 @@ class Evaluator:
         self.refs: list[tuple[BlockDef | None, BlockDef, Span]] = []  # (from, to, where)
         self.current_block: BlockDef | None = None
         self.holdout_uses: list[tuple[plan.DataView, BlockDef, ast.Expr]] = []
+        self._condition_text = ""
 
     def err(self, *args, **kw) -> _Invalid:
         self.diags.append(error(*args, **kw))
@@ -132,7 +133,8 @@ class Evaluator:
                 return self.err("var-enum", f"var `{decl.name.name}` must be one of "
                                 f"{', '.join(_show(a) for a in allowed)}, not {_show(value)}",
                                 var.value.span, "not allowed", labels=labels,
-                                help=did_you_mean(str(value), [str(a) for a in allowed]))
+                                help=did_you_mean(value, [a for a in allowed if isinstance(a, str)])
+                                if isinstance(value, str) else "")
         if decl.pattern is not None:
             try:
                 rx = re.compile(decl.pattern.value)
@@ -254,10 +256,11 @@ class Evaluator:
     def _undefined_name(self, expr: ast.Name, scope: Scope, typ: T.Type) -> _Invalid:
         hint = did_you_mean(expr.name, list(scope.vars))
         return self.err("undefined", f"`{expr.name}` is not defined", expr.span,
-                        f"expected {typ.describe}", help=hint or "declare it with `var NAME: TYPE = VALUE`")
+                        f"expected {typ.describe}", help=hint or f"write {typ.describe}, or name a "
+                        "var declared with `var NAME: TYPE = VALUE`")
 
-    def numeric(self, expr: ast.Expr, scope: Scope) -> object:
-        """Arithmetic on numbers and number vars."""
+    def numeric(self, expr: ast.Expr, scope: Scope, top: bool = False) -> object:
+        """Arithmetic on numbers and number vars; `top`: `expr` is the whole value."""
         if isinstance(expr, ast.Number):
             return expr.value
         if isinstance(expr, ast.Neg):
@@ -280,7 +283,8 @@ class Evaluator:
             if v is INVALID:
                 return INVALID
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                return self.err("type", f"arithmetic needs numbers, found {_show(v)}", expr.span,
+                what = "expected a number" if top else "arithmetic needs numbers"
+                return self.err("type", f"{what}, found {_show(v)}", expr.span,
                                 f"this var holds {_py_describe(v)}")
             return v
         if isinstance(expr, ast.Name):
@@ -296,7 +300,7 @@ class Evaluator:
             elif isinstance(expr, ast.String):
                 extra = "remove the quotes"
             return self._mismatch(expr, typ, extra)
-        value = self.numeric(expr, scope)
+        value = self.numeric(expr, scope, top=True)
         if value is INVALID:
             return INVALID
         if typ.integer and isinstance(value, float):
@@ -306,8 +310,15 @@ class Evaluator:
             value = int(value)
         if not typ.in_bounds(value):
             return self.err("out-of-range", f"{_show(value)} is out of range", expr.span,
-                            f"must be {typ.bounds_text()}")
+                            f"must be {typ.bounds_text()}", labels=self._var_origin(expr, scope))
         return value
+
+    def _var_origin(self, expr: ast.Expr, scope: Scope) -> list[Label]:
+        """Where the value of a var used as `expr` was given, if elsewhere."""
+        var = self.lookup_var(expr, scope)
+        if var is None or var.value is None:
+            return []
+        return [Label(var.value.span, f"`{var.decl.name.name}` is set here")]
 
     def _eval_Fraction(self, expr, typ: T.Fraction, scope):
         if isinstance(expr, ast.Percent):
@@ -333,7 +344,7 @@ class Evaluator:
             value = float(v)
         if not typ.in_bounds(value):
             return self.err("out-of-range", f"{_pct(value)} is out of range", expr.span,
-                            f"must be {typ.bounds_text()}")
+                            f"must be {typ.bounds_text()}", labels=self._var_origin(expr, scope))
         return value
 
     def _eval_Size(self, expr, typ: T.Size, scope):
@@ -511,8 +522,7 @@ class Evaluator:
             if i >= len(positional):
                 self.err("bad-argument", f"`{func.name}` takes at most {len(positional)} "
                          f"positional argument{'s' if len(positional) != 1 else ''}", arg.span,
-                         "extra argument", help="name the argument: " +
-                         ", ".join(f"`{p.name} = ...`" for p in func.params if not p.positional))
+                         "extra argument", help=_signature_help(func))
                 ok = False
                 continue
             p = positional[i]
@@ -537,8 +547,9 @@ class Evaluator:
                 if p.required:
                     self.err("missing-argument", f"`{func.name}` needs `{p.name}`", expr.span,
                              f"`{p.name}` is missing",
-                             help=f"add `{p.name} = ...`" if not p.positional else
-                             f"write `{func.name}({p.name})`... e.g. `{_example_call(func)}`")
+                             help=(f"add `{p.name} = ...`" if not p.positional else
+                                   f"it is called as {_example_call(func)}")
+                             + (f"; `{p.name}` is {p.doc}" if p.doc else ""))
                     ok = False
                 else:
                     args[p.name] = p.default
@@ -573,6 +584,7 @@ class Evaluator:
                 return self.err("wrong-kind", "`where` filters a corpus", expr.base.span,
                                 f"`{view.name}` is preference pairs",
                                 help="filter the corpus the pairs are built from")
+            self._condition_text = expr.cond.span.text
             cond = self.predicate(expr.cond, scope)
             if cond is INVALID:
                 return INVALID
@@ -614,6 +626,7 @@ class Evaluator:
     # --- conditions -------------------------------------------------------------------------
 
     def _eval_Predicate(self, expr, typ, scope):
+        self._condition_text = expr.span.text
         return self.predicate(expr, scope)
 
     def predicate(self, expr: ast.Expr, scope: Scope) -> plan.Pred | _Invalid:
@@ -640,21 +653,20 @@ class Evaluator:
                         "not a condition", help=hint or "e.g. `role == \"polecat\" and turns >= 2`")
 
     def _field_name(self, expr: ast.Expr, scope: Scope) -> str | None:
+        """In a condition a bare session field name is the field, even where a var shares it."""
         if isinstance(expr, ast.Name) and expr.name in METADATA_FIELDS:
             var = self.lookup_var(expr, scope)
-            if var is not None:
-                self.err("ambiguous-name", f"`{expr.name}` is both a session field and a var",
-                         expr.span, "ambiguous", labels=[Label(var.decl.name.span, "var declared here")],
-                         help=f"write `var.{expr.name}` for the var; a bare `{expr.name}` in a "
-                              "condition would be the session's field")
-                return "!"
+            if var is not None and f"var.{expr.name}" not in self._condition_text:
+                self.diags.append(warning(
+                    "shadowed-var", f"`{expr.name}` here is the session's field, not the var",
+                    expr.span, "the session's field",
+                    labels=[Label(var.decl.name.span, "a var of the same name")],
+                    help=f"write `var.{expr.name}` to use the var"))
             return expr.name
         return None
 
     def _comparison(self, expr: ast.Compare, scope: Scope) -> plan.Pred | _Invalid:
         left, right = self._field_name(expr.left, scope), self._field_name(expr.right, scope)
-        if "!" in (left, right):
-            return INVALID
         op = expr.op
         if left is None and right is not None and op != "in":
             expr = ast.Compare(_mirror(op), expr.right, expr.left, expr.span)
@@ -668,7 +680,7 @@ class Evaluator:
             return self.err("type", "a condition compares a session field with a value",
                             expr.span, "no session field here",
                             help=f"fields: {one_of(METADATA_FIELDS)}")
-        if self._field_name(expr.right, scope) is not None:
+        if isinstance(expr.right, ast.Name) and expr.right.name in METADATA_FIELDS:
             return self.err("type", "a condition compares a field with a value, not two fields",
                             expr.right.span, "a field")
         py = METADATA_FIELDS[left]
@@ -814,9 +826,15 @@ def _symbol_what(typ: T.OneOf) -> str:
     return "value"
 
 
+def _signature_help(func: T.Func) -> str:
+    named = [p.name for p in func.params if not p.positional]
+    sig = f"`{func.name}({', '.join(p.name for p in func.params if p.positional)})`"
+    return f"it is called as {sig}" + (f"; name the others: {one_of(named)}" if named else "")
+
+
 def _example_call(func: T.Func) -> str:
     pos = [p.name for p in func.params if p.positional and p.required]
-    return f"{func.name}({', '.join(pos)})"
+    return f"`{func.name}({', '.join(pos)})`"
 
 
 def _mirror(op: str) -> str:

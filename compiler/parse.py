@@ -211,6 +211,11 @@ def _syntax_diagnostic(source: Source, text: str, exc: UnexpectedInput) -> Diagn
                          help='close the string with `"` on the same line')
         if ch == ":" or ch == ";":
             return _habit(source, offset, ch)
+        for habit, word in (("&&", "and"), ("||", "or"), ("!", "not")):
+            if text.startswith(habit, offset):
+                return error("syntax", f"`{habit}` is not an operator here",
+                             source.span(offset, offset + len(habit)), f"write `{word}`",
+                             help=f"conditions use `and`, `or` and `not`")
         return error("syntax", f"unexpected character `{ch}`", source.span(offset, offset + 1),
                      "not part of the formula language",
                      help=_expected_help(exc.allowed or set()))
@@ -242,6 +247,10 @@ def _syntax_diagnostic(source: Source, text: str, exc: UnexpectedInput) -> Diagn
     if tok is not None and tok.type == "EQUAL" and "CMP_OP" in expected:
         return error("syntax", "unexpected `=` in an expression", _tok_span(source, tok),
                      "assignment is not an expression", help="to compare values, write `==`")
+    if tok is not None and "NUMBER" in expected and tok.type not in ("_NL", "$END"):
+        return error("syntax", f"expected a value, found {_describe_token(tok)}",
+                     _tok_span(source, tok), "a value goes here",
+                     help="a value is a number, a string, a name, a list `[...]` or a call `f(...)`")
     if tok is not None and "_NL" in expected and tok.type not in ("_NL", "$END"):
         return error("syntax", f"unexpected {_describe_token(tok)} after a complete value",
                      _tok_span(source, tok), "expected the end of the line here",
@@ -329,7 +338,7 @@ class _ToAst(Transformer):
     def sub_block(self, meta, name, *body):
         return ast.SubBlock(self._ident(name), tuple(body), self._span(meta))
 
-    def var_decl(self, meta, name, type_, value, doc, *constraints):
+    def var_decl(self, meta, _var, name, type_, value, doc, *constraints):
         default, required = None, False
         if value is not None:
             kind, expr = value

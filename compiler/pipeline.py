@@ -43,7 +43,8 @@ def compile_formula(path: str, overrides: Sequence[str] = (), read: Reader = rea
     diagnostics += diags
     program, diags = resolve(path, cli, read)
     diagnostics += diags
-    if program is None:
+    if program is None or any(d.code == "syntax" for d in diagnostics):
+        # Checking what is left of a file with syntax errors only reports their echoes.
         return Compiled(None, _dedupe(diagnostics))
     plan, diags = check(program)
     diagnostics += diags

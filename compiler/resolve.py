@@ -118,7 +118,9 @@ class _Resolver:
                 self.diagnostics.append(error(
                     "import-cycle", f"{what}s form a cycle: {' → '.join(chain)}", at,
                     "this closes the cycle",
-                    help="move what both files need into a third formula that both import"))
+                    help="a formula cannot extend itself or a formula that extends it"
+                    if what == "parent formula" else
+                    "move what both files need into a third formula that both import"))
                 return None
         module = self.module(path, at, what)
         if module is None:
@@ -155,8 +157,9 @@ class _Resolver:
             scope.header = headers[0]
             for extra in headers[1:]:
                 self.diagnostics.append(error(
-                    "duplicate-header", "a formula has one header", extra.span,
-                    "second `formula` block", labels=[Label(headers[0].span, "first header here")]))
+                    "duplicate-header", "a formula has one header", extra.name.span,
+                    "second `formula` block", labels=[Label(headers[0].name.span, "first header here")],
+                    help="merge the two headers into one"))
         elif not inherited:
             self.diagnostics.append(error(
                 "missing-header", "this file has no `formula` header", _first_line(module),

@@ -71,7 +71,7 @@ METADATA_FIELDS: dict[str, type] = {
 # --- constructor functions ---------------------------------------------------------------------
 
 HUB = Func("hub", (
-    Param("id", Str(), required=True, positional=True, doc="hub repository id"),
+    Param("id", Str(), required=True, positional=True, doc="the hub repository id (org/name)"),
     Param("revision", Str(), default="main", positional=True, doc="branch, tag or commit"),
 ), doc="a model or tokenizer from the Hugging Face hub (downloaded at build time)")
 

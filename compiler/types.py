@@ -84,9 +84,9 @@ class Fraction(Type):
         return "a percentage"
 
     def bounds_text(self) -> str:
-        lo = f"{'above' if self.lo_open else 'from'} {_pct(self.lo)}"
-        hi = f"{'below' if self.hi_open else 'up to'} {_pct(self.hi)}"
-        return f"{lo} {hi}"
+        lo = f"{'above' if self.lo_open else 'at least'} {_pct(self.lo)}"
+        hi = f"{'below' if self.hi_open else 'at most'} {_pct(self.hi)}"
+        return f"{lo} and {hi}"
 
     def in_bounds(self, v: float) -> bool:
         if v < self.lo or (self.lo_open and v == self.lo):
