@@ -43,7 +43,8 @@ def _expr(e: ast.Expr) -> tuple[str, int]:
         p = _OR if e.op == "or" else _AND
         return f"{expr_text(e.left, p)} {e.op} {expr_text(e.right, p + 1)}", p
     if isinstance(e, ast.Not):
-        return f"not {expr_text(e.operand, _NOT)}", _NOT
+        # `not (a < b)` keeps its parentheses: `not a < b` reads as `(not a) < b`.
+        return f"not {expr_text(e.operand, _SUM)}", _NOT
     if isinstance(e, ast.Compare):
         return f"{expr_text(e.left, _SUM)} {e.op} {expr_text(e.right, _SUM)}", _CMP
     if isinstance(e, ast.BinOp):
@@ -133,7 +134,7 @@ class _Formatter:
                 run = [item]
                 while (i + 1 < len(items) and type(items[i + 1]) is type(item)
                        and not self._gap(run[-1].span.end, self._lead_start(items[i + 1].span.start))
-                       and self._no_comment_between(run[-1].span.end, items[i + 1].span.start)):
+                       and self._no_comment_between(run[-1].span.end, items[i + 1].span.end)):
                     i += 1
                     run.append(items[i])
                 self._emit_run(run, "")
@@ -213,7 +214,7 @@ class _Formatter:
                 run = [m]
                 while (i + 1 < len(members) and isinstance(members[i + 1], ast.Field)
                        and not self._gap(run[-1].span.end, self._lead_start(members[i + 1].span.start))
-                       and self._no_comment_between(run[-1].span.end, members[i + 1].span.start)):
+                       and self._no_comment_between(run[-1].span.end, members[i + 1].span.end)):
                     i += 1
                     run.append(members[i])
                 self._emit_run(run, inner)

@@ -1,0 +1,70 @@
+"""`formula fmt`: golden layouts, idempotence, and that formatting changes layout only."""
+
+from pathlib import Path
+
+import pytest
+
+from formula.compiler import ast
+from formula.compiler.format import format_source
+from formula.compiler.parse import parse
+from formula.compiler.source import Source
+
+from conftest import GOLDEN, ROOT, UPDATE_GOLDEN
+
+FMT = GOLDEN / "fmt"
+CASES = sorted(p.stem for p in FMT.glob("*.formula"))
+ALL_VALID = sorted(
+    [p for d in ("formulas", "examples") for p in (ROOT / d).rglob("*.formula")]
+    + [FMT / f"{c}.formula" for c in CASES]
+    + [p for p in (GOLDEN / "check").rglob("*.formula") if not p.stem.startswith("syntax_")]
+)
+
+
+def shape(node):
+    """A node without spans and comments: what formatting must not change."""
+    if isinstance(node, tuple):
+        return tuple(shape(n) for n in node)
+    if isinstance(node, ast.Module):
+        return shape(node.items)
+    if hasattr(node, "__dataclass_fields__"):
+        return (type(node).__name__,) + tuple(
+            shape(getattr(node, f)) for f in node.__dataclass_fields__ if f not in ("span", "source"))
+    return node
+
+
+def fmt(text: str, path: str = "t.formula") -> str:
+    out, diags = format_source(Source(path, text))
+    assert out is not None, diags
+    return out
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_layout_matches_golden(name):
+    text = (FMT / f"{name}.formula").read_text()
+    expected = FMT / f"{name}.formatted"
+    out = fmt(text)
+    if UPDATE_GOLDEN:
+        expected.write_text(out)
+    assert out == expected.read_text()
+
+
+@pytest.mark.parametrize("path", ALL_VALID, ids=lambda p: str(p.relative_to(ROOT)))
+def test_idempotent_and_meaning_preserving(path):
+    text = path.read_text()
+    once = fmt(text, str(path))
+    assert fmt(once, str(path)) == once
+    before, _ = parse(Source(str(path), text))
+    after, _ = parse(Source(str(path), once))
+    assert shape(before) == shape(after)
+    assert [c.text.rstrip() for c in before.comments] == [c.text.rstrip() for c in after.comments]
+
+
+def test_checked_in_formulas_are_formatted():
+    for d in ("formulas", "examples"):
+        for path in (ROOT / d).rglob("*.formula"):
+            assert fmt(path.read_text(), str(path)) == path.read_text(), f"run `formula fmt {path}`"
+
+
+def test_syntax_errors_leave_the_text_alone():
+    out, diags = format_source(Source("bad.formula", "formula x {\n  a = = 1\n}\n"))
+    assert out is None and diags and diags[0].code == "syntax"
