@@ -7,6 +7,7 @@ texts from memory. Nothing is evaluated here; `check.py` does that.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -105,7 +106,7 @@ class _Resolver:
                     "import-not-found", f"cannot find {what} `{at.text.strip(chr(34))}`", at,
                     f"looked for {path}", help="paths are relative to the formula that names them"))
             return None
-        module, diags = parse(Source(path, text))
+        module, diags = _parse_cached(path, text)
         self.diagnostics.extend(diags)
         self.parsed[path] = module
         return module
@@ -348,6 +349,13 @@ def _coerce_cli(value: ast.Expr, want_str: bool) -> ast.Expr:
     if want_str and isinstance(value, ast.Name):
         return ast.String(value.name, value.name, value.span)
     return value
+
+
+@lru_cache(maxsize=512)
+def _parse_cached(path: str, text: str) -> tuple[ast.Module, tuple[Diagnostic, ...]]:
+    """A library imported by many formulas is parsed once per process (ASTs are immutable)."""
+    module, diags = parse(Source(path, text))
+    return module, tuple(diags)
 
 
 def _relative(from_file: str, path: str) -> str:
