@@ -117,7 +117,7 @@ def cmd_fmt(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="formula",
         description="Compile training formulas into fine-tuned models for Gas Town's agent roles.")
@@ -140,11 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 if any file would be reformatted")
     p.set_defaults(func=cmd_fmt)
+    if _wants_build_commands(sys.argv[1:] if argv is None else argv):
+        from formula.cli.build_commands import add_commands
+
+        add_commands(sub)
     return parser
 
 
+BUILD_COMMANDS = {"plan", "build", "explain", "graph", "ls", "show", "tag", "gc", "verify"}
+
+
+def _wants_build_commands(argv: list[str]) -> bool:
+    """The build commands are registered unless the command is `check` or `fmt`, so those
+    two never import the runtime."""
+    args = [a for a in argv if not a.startswith("-")]
+    return not args or args[0] not in ("check", "fmt")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     if not getattr(ns, "func", None):
         parser.print_help()

@@ -1,0 +1,372 @@
+"""`formula plan | build | explain | graph | ls | show | tag | gc | verify`.
+
+Imported only when one of these commands runs; compiling never imports torch either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from formula.cli.main import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, _use_color
+
+
+def _compile(formula: str, overrides: list[str]):
+    """The step graph of a formula, or None after printing its diagnostics."""
+    from formula.compiler.diagnostics import render_text, summary_line
+    from formula.compiler.lower import lower
+    from formula.compiler.pipeline import compile_formula
+
+    if not Path(formula).is_file():
+        print(f"formula: no such formula: {formula}", file=sys.stderr)
+        return None, None
+    result = compile_formula(formula, overrides)
+    if result.diagnostics:
+        print(render_text(list(result.diagnostics), color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
+    if not result.ok:
+        print(f"formula: {formula} has {summary_line(list(result.diagnostics))}; nothing was built",
+              file=sys.stderr)
+        return None, None
+    return result.plan, lower(result.plan)
+
+
+def _store(formula: str | None, explicit: str | None):
+    from formula.runtime.store import Store, StoreError, default_root, project_root
+
+    if explicit:
+        root = Path(explicit)
+    elif formula:
+        root = default_root(formula)
+    elif os.environ.get("FORMULA_HOME"):
+        root = Path(os.environ["FORMULA_HOME"]).expanduser()
+    else:
+        root = project_root(Path.cwd()) / ".formula"
+    try:
+        return Store(root)
+    except StoreError as exc:
+        print(f"formula: {exc}", file=sys.stderr)
+        return None
+
+
+def _select(graph, names: list[str], flag: str):
+    from formula.compiler.lower import step_names
+
+    found, unmatched = step_names(graph, names)
+    for u in unmatched:
+        from formula.compiler.diagnostics import did_you_mean
+
+        hint = did_you_mean(u, graph.steps)
+        print(f"formula: {flag} {u}: no such step" + (f"; {hint}" if hint else "") +
+              f" (steps: {', '.join(graph.order())})", file=sys.stderr)
+    return found, bool(unmatched)
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    from formula.runtime.build import Builder
+    from formula.runtime.explain import plan
+
+    plan_, graph = _compile(ns.formula, ns.overrides)
+    if graph is None:
+        return EXIT_ERRORS
+    store = _store(ns.formula, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    force, bad = _select(graph, ns.force or [], "--force")
+    only, bad2 = _select(graph, ns.only or [], "--only") if ns.only else (None, False)
+    if bad or bad2:
+        return EXIT_USAGE
+    rows = plan(Builder(graph, store, ns.formula), graph, store, ns.formula, force, only)
+    width = max(len(r.step) for r in rows)
+    for r in rows:
+        mark = {"cached": "cached  ", "run": "will run", "after": "will run"}[r.status]
+        print(f"{mark}  {r.step:<{width}}" + (f"  {r.reasons[0]}" if r.reasons else ""))
+        for extra in r.reasons[1:]:
+            print(f"{'':10}{'':<{width}}  {extra}")
+    n_run = sum(r.status != "cached" for r in rows)
+    print(f"{len(rows) - n_run} cached, {n_run} to run", file=sys.stderr)
+    return EXIT_OK
+
+
+def _build_one(ns, overrides: list[str], progress_factory) -> int:
+    from formula.runtime.build import Builder
+
+    plan_, graph = _compile(ns.formula, overrides)
+    if graph is None:
+        return EXIT_ERRORS
+    store = _store(ns.formula, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    force, bad = _select(graph, ns.force or [], "--force")
+    only, bad2 = _select(graph, ns.only or [], "--only") if ns.only else (None, False)
+    if bad or bad2:
+        return EXIT_USAGE
+    steps = [n for n in graph.order() if not only or n in graph.closure(only)]
+    started = time.time()
+    progress, ctx = progress_factory(steps)
+    builder = Builder(graph, store, ns.formula, jobs=ns.jobs, progress=progress)
+    with ctx:
+        result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
+    _summary(result, time.time() - started)
+    return EXIT_OK if result.ok else EXIT_ERRORS
+
+
+def _summary(result, seconds: float) -> None:
+    from formula.runtime.build import BUILT, CACHED, FAILED, REUSED, SKIPPED
+
+    counts = {}
+    for o in result.outcomes.values():
+        counts[o.state] = counts.get(o.state, 0) + 1
+    for o in result.outcomes.values():
+        if o.state != FAILED:
+            continue
+        print(f"\nstep {o.step} failed: {o.error}", file=sys.stderr)
+        if o.log and Path(o.log).exists():
+            tail = Path(o.log).read_text(errors="replace").splitlines()[-30:]
+            print(f"--- last lines of {o.log}", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
+            print("---", file=sys.stderr)
+        if o.rerun:
+            print(f"run it alone: {o.rerun}", file=sys.stderr)
+    order = (BUILT, REUSED, CACHED, FAILED, SKIPPED)
+    parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+    print(f"{'build ok' if result.ok else 'build failed'}: {', '.join(parts) or 'nothing to do'} "
+          f"in {seconds:.2f}s", file=sys.stderr)
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from formula.runtime.progress import LiveProgress, PlainProgress
+
+    def factory(steps):
+        if sys.stderr.isatty() and not ns.plain:
+            live = LiveProgress(steps)
+            return live, live
+        return PlainProgress(), nullcontext()
+
+    if not ns.multirun:
+        return _build_one(ns, ns.overrides, factory)
+    from formula.compiler.diagnostics import render_text
+    from formula.compiler.overrides import split_sweeps
+
+    combos, diags = split_sweeps(ns.overrides)
+    if diags:
+        print(render_text(diags) + "\n", file=sys.stderr)
+        return EXIT_ERRORS
+    status = EXIT_OK
+    for i, combo in enumerate(combos):
+        print(f"[{i + 1}/{len(combos)}] {' '.join(combo) or '(no overrides)'}", file=sys.stderr)
+        status = max(status, _build_one(ns, combo, factory))
+    return status
+
+
+def cmd_explain(ns: argparse.Namespace) -> int:
+    from formula.runtime.build import Builder
+    from formula.runtime.executor import Task
+    from formula.runtime.explain import plan
+    from formula.runtime.steps import module_for
+
+    plan_, graph = _compile(ns.formula, ns.overrides)
+    if graph is None:
+        return EXIT_ERRORS
+    found, bad = _select(graph, [ns.step], "step")
+    if bad:
+        return EXIT_USAGE
+    store = _store(ns.formula, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    rows = {r.step: r for r in plan(Builder(graph, store, ns.formula), graph, store, ns.formula)}
+    for name in sorted(found):
+        spec = graph.steps[name]
+        row = rows[name]
+        print(f"step {name}  ({spec.kind}, from {spec.origin})")
+        print(f"  module   {module_for(spec.kind)}")
+        print(f"  inputs   " + (", ".join(f"{k} ← {v}" for k, v in sorted(spec.deps.items())) or "none"))
+        for k, fi in sorted(spec.files.items()):
+            print(f"           {k} ← {fi.pattern}")
+        print(f"  status   {'cached' if row.status == 'cached' else 'will run'}"
+              + (f" (key {row.key[:16]}…)" if row.key else ""))
+        for r in row.reasons:
+            print(f"           {r}")
+        record = store.action(row.key) if row.key else None
+        if record:
+            print(f"  output   {record['output']}")
+            print(f"  built    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['started']))}"
+                  f" in {record['seconds']}s; log {record['log']}")
+        print("  config")
+        print("    " + json.dumps(spec.config, indent=2, sort_keys=True).replace("\n", "\n    "))
+    return EXIT_OK
+
+
+def cmd_graph(ns: argparse.Namespace) -> int:
+    plan_, graph = _compile(ns.formula, ns.overrides)
+    if graph is None:
+        return EXIT_ERRORS
+    print(graph.to_dot() if ns.format == "dot" else graph.to_mermaid())
+    return EXIT_OK
+
+
+def _resolve_ref(store, ref: str):
+    """A step record from `KEY-PREFIX`, `TAG:STEP` or `FORMULA-NAME:STEP`."""
+    if ":" in ref:
+        head, step = ref.split(":", 1)
+        builds = store.tags()
+        build = builds.get(head) or next((b for b in store.builds() if b.get("name") == head
+                                          or Path(b.get("formula", "")).stem == head), None)
+        if build is None or step not in build.get("steps", {}):
+            return None
+        return store.action(build["steps"][step])
+    matches = [(k, r) for k, r in store.actions() if k.startswith(ref)]
+    return matches[0][1] if len(matches) == 1 else None
+
+
+def cmd_ls(ns: argparse.Namespace) -> int:
+    store = _store(None, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    tags = store.tags()
+    for build in sorted(store.builds(), key=lambda b: b.get("time", 0)):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(build.get("time", 0)))
+        tagged = [t for t, b in tags.items() if b.get("steps") == build.get("steps")]
+        print(f"{build.get('name') or Path(build['formula']).stem}  {when}  "
+              f"{'ok' if build.get('ok') else 'FAILED'}  {build['formula']}"
+              + (f"  tags: {', '.join(tagged)}" if tagged else ""))
+        for step, key in sorted(build.get("steps", {}).items()):
+            record = store.action(key)
+            size = _size(store.object_path(record["output"])) if record else 0
+            print(f"  {step:<32} {key[:12]}  {_human(size):>9}" + ("" if record else "  (missing)"))
+    return EXIT_OK
+
+
+def cmd_show(ns: argparse.Namespace) -> int:
+    store = _store(None, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    record = _resolve_ref(store, ns.ref)
+    if record is None:
+        print(f"formula show: no artifact matches {ns.ref} (use a key prefix, FORMULA:STEP or "
+              "TAG:STEP; `formula ls` lists them)", file=sys.stderr)
+        return EXIT_USAGE
+    c = record["components"]
+    print(f"step     {record['step']} ({record['kind']})")
+    print(f"key      {record['key']}")
+    print(f"output   {store.object_path(record['output'])}")
+    print(f"formula  {record['formula']}" + (f"  ({record['origin']})" if record.get("origin") else ""))
+    print(f"built    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['started']))} "
+          f"in {record['seconds']}s")
+    print(f"code     {c['impl'][:16]}…  libraries: " +
+          (", ".join(f"{k} {v}" for k, v in sorted(c["libs"].items())) or "none"))
+    print("inputs")
+    for name, digest in sorted(c["inputs"].items()):
+        lin = record.get("lineage", {}).get(name)
+        src = f"from {lin['step']}" if lin else f"data, {len(record.get('files', {}).get(name, {}))} files"
+        print(f"  {name:<12} {digest[:16]}…  {src}")
+    if record.get("metrics"):
+        print("metrics")
+        for k, v in sorted(record["metrics"].items()):
+            print(f"  {k:<24} {v}")
+    print("config")
+    print("  " + json.dumps(c["config"], indent=2, sort_keys=True).replace("\n", "\n  "))
+    return EXIT_OK
+
+
+def cmd_tag(ns: argparse.Namespace) -> int:
+    store = _store(ns.formula, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    build = store.latest(ns.formula)
+    if build is None:
+        print(f"formula tag: {ns.formula} has not been built in {store.root}", file=sys.stderr)
+        return EXIT_USAGE
+    store.tag(ns.name, build)
+    print(f"tagged the latest build of {ns.formula} as {ns.name}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_gc(ns: argparse.Namespace) -> int:
+    store = _store(None, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    keep = set()
+    for build in list(store.builds()) + list(store.tags().values()):
+        keep.update(build.get("steps", {}).values())
+    actions, freed = store.gc(keep, dry_run=ns.dry_run)
+    verb = "would remove" if ns.dry_run else "removed"
+    print(f"{verb} {actions} step records and {_human(freed)} of outputs; kept {len(keep)} steps "
+          "(tagged builds and the latest build of each formula)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    store = _store(None, ns.store)
+    if store is None:
+        return EXIT_USAGE
+    problems = store.verify()
+    for p in problems:
+        print(f"corrupt: {p}", file=sys.stderr)
+    print(f"verified {store.root}: " + (f"{len(problems)} problems" if problems else "clean"),
+          file=sys.stderr)
+    return EXIT_ERRORS if problems else EXIT_OK
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def add_commands(sub) -> None:
+    def formula_command(name, help_, func, step=False):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("formula")
+        if step:
+            p.add_argument("step", help="a step name or glob, e.g. train.sft or 'gguf.*'")
+        p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                       help="Hydra-style overrides: stage.sft.lr=1e-4 var.rank=32")
+        p.add_argument("--store", help="store folder (default: .formula/ in the project, or $FORMULA_HOME)")
+        p.set_defaults(func=func)
+        return p
+
+    p = formula_command("plan", "show each step as cached or to run, and why it will run", cmd_plan)
+    p.add_argument("--only", action="append", metavar="STEP")
+    p.add_argument("--force", action="append", metavar="STEP")
+    p = formula_command("build", "build a formula, running only the steps whose key changed", cmd_build)
+    p.add_argument("--only", action="append", metavar="STEP", help="build this step and its inputs only")
+    p.add_argument("--force", action="append", metavar="STEP", help="rerun this step even if cached")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="steps run at once (default 1)")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="sweep: one build per combination of comma-separated override values")
+    p.add_argument("--plain", action="store_true", help="one line per event instead of a live table")
+    formula_command("explain", "everything about one step: inputs, key, why it runs, config",
+                    cmd_explain, step=True)
+    p = formula_command("graph", "print the step graph", cmd_graph)
+    p.add_argument("--format", choices=("dot", "mermaid"), default="dot")
+    for name, help_, func in (("ls", "list builds and their artifacts", cmd_ls),
+                              ("verify", "rehash the store and report corruption", cmd_verify)):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--store")
+        p.set_defaults(func=func)
+    p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
+                       "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
+    p.add_argument("ref")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("tag", help="name the latest build of a formula (gc keeps it)")
+    p.add_argument("name")
+    p.add_argument("formula")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("gc", help="delete what no tag and no latest build reaches")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_gc)

@@ -1,0 +1,105 @@
+"""A step's code identity: its whole module, the project modules it imports (followed
+statically, so nothing is imported), the step harness, and the versions of the libraries it
+names in `LIBRARIES`. Editing a helper a step calls changes the step's key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import importlib.util
+from functools import lru_cache
+
+from .hashing import digest_bytes
+
+HARNESS = "formula.runtime.step"
+
+
+@lru_cache(maxsize=None)
+def _module_file(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return spec.origin
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: str) -> tuple[bytes, tuple[str, ...], tuple[str, ...]]:
+    """Source bytes, imported module names (absolute), and LIBRARIES of one file."""
+    data = open(path, "rb").read()
+    tree = ast.parse(data, filename=path)
+    imports, libs = [], []
+    package = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = package or _package_of(path)
+                base = _resolve_relative(package, node.module, node.level)
+            else:
+                base = node.module or ""
+            imports.append(base)
+            imports.extend(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LIBRARIES"
+                                                  for t in node.targets):
+            try:
+                libs.extend(ast.literal_eval(node.value))
+            except ValueError:
+                pass
+    return data, tuple(imports), tuple(libs)
+
+
+def _package_of(path: str) -> str:
+    # Only needed for relative imports inside the formula package.
+    import os
+
+    parts = []
+    folder = os.path.dirname(os.path.abspath(path))
+    while os.path.exists(os.path.join(folder, "__init__.py")):
+        parts.append(os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    names = list(reversed(parts))
+    mapping = {"cli": "formula.cli", "compiler": "formula.compiler", "runtime": "formula.runtime"}
+    if names and names[0] in mapping:
+        return ".".join([mapping[names[0]]] + names[1:])
+    return ".".join(names)
+
+
+def _resolve_relative(package: str, module: str | None, level: int) -> str:
+    parts = package.split(".")
+    base = parts[: len(parts) - level + 1]
+    return ".".join(base + ([module] if module else []))
+
+
+@lru_cache(maxsize=None)
+def code_identity(module: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(digest of the step's code, (library, version) pairs)."""
+    roots = {module.split(".")[0], "formula"}
+    seen: dict[str, bytes] = {}
+    libs: set[str] = set()
+    stack = [module, HARNESS]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:
+            continue
+        data, imports, module_libs = _parsed(path)
+        seen[name] = data
+        libs.update(module_libs)
+        stack.extend(i for i in imports if i.split(".")[0] in roots)
+    digest = digest_bytes(b"".join(n.encode() + b"\0" + digest_bytes(d).encode() + b"\n"
+                                   for n, d in sorted(seen.items())))
+    return digest, tuple(sorted((lib, _version(lib)) for lib in libs))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"

@@ -1,0 +1,54 @@
+"""What every step module shares: its one entry as a Hydra application.
+
+A step module defines a `Config` dataclass (its OmegaConf structured config; None takes the
+configuration as a plain dict), a function
+`run(cfg, inputs, output, work)`, optionally `LIBRARIES` (distributions whose versions shape its
+output), and ends with
+
+    main = step_entry(Config, run)
+    if __name__ == "__main__":
+        main()
+
+so that `python -m MODULE --config-dir DIR --config-name step` runs it alone from the YAML the
+build wrote: `config` (the resolved configuration), `inputs` (name → folder or file), `output`
+(an empty folder to fill) and `work` (scratch space that survives a crash, for checkpoints).
+The step knows nothing about caching, hashing or the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
+    def main() -> None:
+        import hydra
+        from omegaconf import OmegaConf
+
+        @hydra.main(version_base=None, config_path=None, config_name=None)
+        def app(cfg) -> None:
+            if config_cls is None:
+                config = OmegaConf.to_container(cfg.config, resolve=True)
+            else:
+                config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), cfg.config))
+            inputs = {k: Path(v) for k, v in cfg.inputs.items()}
+            output = Path(cfg.output)
+            if output.exists():
+                shutil.rmtree(output)
+            output.mkdir(parents=True)
+            work = Path(cfg.work)
+            work.mkdir(parents=True, exist_ok=True)
+            run(config, inputs, output, work)
+
+        app()
+
+    return main
+
+
+def fail(message: str) -> None:
+    """End a step with a message for the user (no traceback): bad input, not a bug."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(3)
