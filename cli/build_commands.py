@@ -131,10 +131,28 @@ def _summary(result, seconds: float) -> None:
             print("---", file=sys.stderr)
         if o.rerun:
             print(f"run it alone: {o.rerun}", file=sys.stderr)
+    _table(result)
     order = (BUILT, REUSED, CACHED, FAILED, SKIPPED)
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     print(f"{'build ok' if result.ok else 'build failed'}: {', '.join(parts) or 'nothing to do'} "
           f"in {seconds:.2f}s", file=sys.stderr)
+
+
+def _table(result) -> None:
+    """The summary table: every step, what happened to it, how long it took."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from formula.runtime.progress import STYLE
+
+    console = Console(stderr=True, no_color="NO_COLOR" in os.environ, width=100)
+    table = Table(box=None, padding=(0, 2), header_style="bold")
+    for col in ("step", "state", "time", "output"):
+        table.add_column(col, justify="right" if col == "time" else "left")
+    for o in result.outcomes.values():
+        table.add_row(o.step, f"[{STYLE.get(o.state, '')}]{o.state}[/]",
+                      f"{o.seconds:.1f}s" if o.seconds else "", o.output[:12])
+    console.print(table)
 
 
 def cmd_build(ns: argparse.Namespace) -> int:

@@ -159,7 +159,13 @@ def _wants_build_commands(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`build F -j 2 stage.sft.lr=1e-4`), which argparse does not
+    # take as positionals; anything else left over is a usage mistake.
+    if extra and hasattr(ns, "overrides") and all("=" in a or a.startswith("~") for a in extra):
+        ns.overrides = list(ns.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(ns, "func", None):
         parser.print_help()
         return EXIT_USAGE

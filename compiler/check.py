@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import ast, plan, types as T
 from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
+from .format import expr_text
 from .evaluate import INVALID, BlockRef, Evaluator, FuncValue, _kind_article
 from .resolve import BlockDef, Program, Scope
 from .schema import QUANT_TYPES, SCHEMAS, VAR_TYPES, BlockSchema
@@ -168,7 +169,8 @@ class _Checker:
             result = build(self.checked[id(block)])
             if result is not None:
                 table[block.qualified] = result
-        self._unused_vars()
+        if not self.program.cli_overrides:
+            self._unused_vars()
         if any(d.is_error for d in self.diags):
             return None
         return built
@@ -546,7 +548,7 @@ class _Checker:
             left, right = self._metric_targets(left, node.expr), self._metric_targets(right, node.expr)
             if left is None or right is None:
                 return None
-            text = " ".join(node.expr.span.text.split())
+            text = expr_text(node.expr)  # canonical: reformatting the file does not change it
             gates.append(plan.GatePlan(left, op, right, text, plan.Origin(
                 node.span.source.path, node.span.line, node.span.column)))
         metrics = []

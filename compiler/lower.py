@@ -217,8 +217,9 @@ class _Lowering:
                 out["suite"] = suite
             return out
 
-        gates = [{"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text,
-                  "origin": str(g.origin)} for g in v.gates]
+        # No source positions in configs: moving a line must not change a step's key.
+        gates = [{"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text}
+                 for g in v.gates]
         metrics = [metric(m) for m in v.metrics]
         for i, need in enumerate(v.needs):
             deps[f"needs{i}"] = self.block(need)

@@ -73,6 +73,7 @@ class CliOverride:
 class Program:
     root: Scope
     scopes: tuple[Scope, ...]
+    cli_overrides: bool = False  # a var left unused by a command-line override is not the file's fault
 
 
 def read_file(path: str) -> str | None:
@@ -376,4 +377,4 @@ def resolve(path: str, overrides: tuple[CliOverride, ...] = (),
         return None, r.diagnostics
     for o in overrides:
         r.apply(root, o.target, o.value, o.span, from_cli=True)
-    return Program(root, tuple(r.scopes)), r.diagnostics
+    return Program(root, tuple(r.scopes), bool(overrides)), r.diagnostics

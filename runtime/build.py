@@ -218,7 +218,7 @@ class Builder:
             log = self.store.log_path(key)
             log.unlink(missing_ok=True)
             module = module_for(spec.kind)
-            write_json_atomic(run_dir / "step.yaml", {
+            _write_step_yaml(run_dir / "step.yaml", {
                 "config": spec.config, "inputs": keyed.paths, "output": str(out),
                 "work": str(work),
                 "hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None,
@@ -284,6 +284,16 @@ def _list_files(fi: FileInput) -> list[str]:
     if os.path.isfile(fi.pattern):
         return [os.path.abspath(fi.pattern)]
     return [os.path.abspath(os.path.join(d, f)) for d, _, fs in os.walk(fi.pattern) for f in fs]
+
+
+def _write_step_yaml(path: Path, content: dict) -> None:
+    """The step's whole configuration as Hydra YAML (what `--config-name step` loads)."""
+    from omegaconf import OmegaConf
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"# {content['config'].get('name', '')} step configuration, written by formula build\n"
+                   + OmegaConf.to_yaml(OmegaConf.create(content)))
+    os.replace(tmp, path)
 
 
 def _read_metrics(out: Path) -> dict:

@@ -1,3 +1,4 @@
+import glob
 import hashlib
 import json
 import os
@@ -13,6 +14,11 @@ COSMETIC = {"log_every", "save_every"}
 
 def content_digest(path: Path) -> str:
     h = hashlib.sha256()
+    if any(ch in str(path) for ch in "*?["):
+        for f in sorted(glob.glob(str(path), recursive=True)):
+            h.update(os.path.basename(f).encode())
+            h.update(Path(f).read_bytes())
+        return h.hexdigest()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     if not path.exists():
         return "missing"
