@@ -15,23 +15,51 @@ from pathlib import Path
 from formula.cli.main import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, _use_color
 
 
+class _PlanName:
+    def __init__(self, name: str):
+        self.name = name
+
+
 def _compile(formula: str, overrides: list[str]):
-    """The step graph of a formula, or None after printing its diagnostics."""
-    from formula.compiler.diagnostics import render_text, summary_line
-    from formula.compiler.lower import lower
-    from formula.compiler.pipeline import compile_formula
+    """(something with the plan's `name`, the step graph), or (None, None) after printing the
+    diagnostics. An unchanged formula comes from the compile cache without compiling."""
+    from formula.cli import compile_cache
+    from formula.runtime.store import default_root
 
     if not Path(formula).is_file():
         print(f"formula: no such formula: {formula}", file=sys.stderr)
         return None, None
-    result = compile_formula(formula, overrides)
+    store_root = default_root(formula)
+    cached = compile_cache.load(store_root, formula, list(overrides))
+    if cached is not None:
+        name, graph, warnings = cached
+        if warnings:
+            print(warnings, file=sys.stderr)
+        return _PlanName(name), graph
+
+    from formula.compiler.diagnostics import render_text, summary_line
+    from formula.compiler.lower import lower
+    from formula.compiler.pipeline import compile_formula
+    from formula.compiler.resolve import read_file
+
+    read: list[str] = []
+
+    def recording_read(path: str):
+        read.append(path)
+        return read_file(path)
+
+    result = compile_formula(formula, overrides, read=recording_read)
+    rendered = render_text(list(result.diagnostics)) + "\n" if result.diagnostics else ""
     if result.diagnostics:
         print(render_text(list(result.diagnostics), color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
     if not result.ok:
         print(f"formula: {formula} has {summary_line(list(result.diagnostics))}; nothing was built",
               file=sys.stderr)
         return None, None
-    return result.plan, lower(result.plan)
+    graph = lower(result.plan)
+    if os.environ.get("FORMULA_HOME") or store_root.exists():
+        compile_cache.save(store_root, formula, list(overrides), read, result.plan.name, graph, rendered)
+    return result.plan, graph
 
 
 def _store(formula: str | None, explicit: str | None):
@@ -93,6 +121,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
 
 def _build_one(ns, overrides: list[str], progress_factory) -> int:
     from formula.runtime.build import Builder
+    from formula.runtime.progress import PlainProgress
 
     plan_, graph = _compile(ns.formula, overrides)
     if graph is None:
@@ -105,16 +134,24 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     if bad or bad2:
         return EXIT_USAGE
     steps = [n for n in graph.order() if not only or n in graph.closure(only)]
+    missing = Builder(graph, store, ns.formula).missing_implementations(set(steps))
+    if missing:
+        print("formula build: no implementation for step kind" + ("s " if len(missing) > 1 else " ")
+              + ", ".join(f"`{k}` (module {m})" for k, m in missing.items())
+              + "; nothing was run. The runtime implements the build machinery; the corpus, "
+              "training, export and eval steps land with their own issues (see README).",
+              file=sys.stderr)
+        return EXIT_ERRORS
     started = time.time()
     progress, ctx = progress_factory(steps)
     builder = Builder(graph, store, ns.formula, jobs=ns.jobs, progress=progress)
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
-    _summary(result, time.time() - started)
+    _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
     return EXIT_OK if result.ok else EXIT_ERRORS
 
 
-def _summary(result, seconds: float) -> None:
+def _summary(result, seconds: float, live: bool = False) -> None:
     from formula.runtime.build import BUILT, CACHED, FAILED, REUSED, SKIPPED
 
     counts = {}
@@ -131,15 +168,22 @@ def _summary(result, seconds: float) -> None:
             print("---", file=sys.stderr)
         if o.rerun:
             print(f"run it alone: {o.rerun}", file=sys.stderr)
-    _table(result)
+    _table(result, live)
     order = (BUILT, REUSED, CACHED, FAILED, SKIPPED)
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     print(f"{'build ok' if result.ok else 'build failed'}: {', '.join(parts) or 'nothing to do'} "
           f"in {seconds:.2f}s", file=sys.stderr)
 
 
-def _table(result) -> None:
+def _table(result, live: bool) -> None:
     """The summary table: every step, what happened to it, how long it took."""
+    if not live:
+        rows = [(o.step, o.state, f"{o.seconds:.1f}s" if o.seconds else "", o.output[:12])
+                for o in result.outcomes.values()]
+        w = max((len(r[0]) for r in rows), default=4)
+        for r in [("step", "state", "time", "output")] + rows:
+            print(f"  {r[0]:<{w}}  {r[1]:<8} {r[2]:>7}  {r[3]}", file=sys.stderr)
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -132,6 +132,21 @@ class Builder:
 
     # --- running -----------------------------------------------------------------------------
 
+    def missing_implementations(self, selected: set[str]) -> dict[str, str]:
+        """Step kinds among `selected` whose module cannot be found: kind → module."""
+        import importlib.util
+
+        out = {}
+        for kind in sorted({self.graph.steps[n].kind for n in selected}):
+            module = module_for(kind)
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                out[kind] = module
+        return out
+
     def build(self, only: set[str] | None = None, force: set[str] | None = None,
               overrides: tuple[str, ...] = (), plan_name: str = "") -> BuildResult:
         force = force or set()

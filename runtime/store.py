@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock, Timeout
-
 from .hashing import Hasher, digest_bytes
 
 STORE_FORMAT = 1
@@ -87,7 +85,7 @@ class Store:
                                  f"reads format {STORE_FORMAT}. Move it aside or set FORMULA_HOME.")
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            for sub in ("objects", "actions", "logs", "tmp", "locks", "refs", "tags"):
+            for sub in ("objects", "actions", "logs", "tmp", "locks", "refs", "tags", "graphs"):
                 (self.root / sub).mkdir(exist_ok=True)
             tmp = self.root / f".FORMAT.{uuid.uuid4().hex}"
             tmp.write_text(f"{STORE_FORMAT}\n")
@@ -160,6 +158,8 @@ class Store:
     @contextmanager
     def lock(self, key: str, what: str, on_wait=None) -> Iterator[None]:
         """Hold the lock of one step key; wait (and say who holds it) when another build does."""
+        from filelock import FileLock, Timeout  # only a build that runs something locks
+
         path = self.root / "locks" / f"{key}.lock"
         holder_path = path.with_suffix(".holder")
         lock = FileLock(str(path))

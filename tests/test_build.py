@@ -330,3 +330,26 @@ def test_explain(project):
     out = project.formula_cmd("explain", "small.formula", "train.sft").stdout
     assert "module   fake_steps.train" in out and "config `lr`: 0.0001 → 0.0002" in out
     assert "model ← model.base" in out
+
+
+def test_compile_cache_follows_every_file_the_formula_reads(project):
+    lib = project.root / "lib.formula"
+    lib.write_text('formula lib {\n  abstract = true\n}\n\nvar steps: int = 3\n\n'
+                   'stage helper {\n  method = sft\n  model = x\n  data = y\n}\n')
+    project.edit("var lr: float = 1e-4", 'var lr: float = 1e-4\n\nuse "lib.formula" as lib')
+    r = project.formula_cmd("build", "small.formula", check=False)
+    assert r.returncode == 1 and "`x` is not defined" in r.stderr  # the import is compiled
+    lib.write_text('formula lib {\n  abstract = true\n}\n')
+    r = project.formula_cmd("build", "small.formula", "--plain", check=False)
+    assert r.returncode == 0, r.stderr  # an edited import invalidates the cached graph
+    assert "7 cached" in r.stderr
+    lib.unlink()
+    r = project.formula_cmd("build", "small.formula", check=False)
+    assert r.returncode == 1 and "cannot find import `lib.formula`" in r.stderr
+
+
+def test_warnings_are_shown_again_from_the_compile_cache(project):
+    project.edit("var lr: float = 1e-4", "var lr: float = 1e-4\nvar unused: int = 3")
+    for _ in range(2):
+        r = project.formula_cmd("build", "small.formula", "--plain")
+        assert "warning[unused-var]: var `unused` is never used" in r.stderr
