@@ -93,11 +93,9 @@ def _select(graph, names: list[str], flag: str):
     return found, bool(unmatched)
 
 
-def cmd_plan(ns: argparse.Namespace) -> int:
-    from formula.runtime.build import Builder
-    from formula.runtime.explain import plan
-
-    plan_, graph = _compile(ns.formula, ns.overrides)
+def _prepare(ns, overrides: list[str]):
+    """(plan, graph, store, forced steps, only steps), or an exit status after saying why."""
+    plan_, graph = _compile(ns.formula, overrides)
     if graph is None:
         return EXIT_ERRORS
     store = _store(ns.formula, ns.store)
@@ -107,6 +105,17 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     only, bad2 = _select(graph, ns.only or [], "--only") if ns.only else (None, False)
     if bad or bad2:
         return EXIT_USAGE
+    return plan_, graph, store, force, only
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    from formula.runtime.build import Builder
+    from formula.runtime.explain import plan
+
+    prepared = _prepare(ns, ns.overrides)
+    if isinstance(prepared, int):
+        return prepared
+    plan_, graph, store, force, only = prepared
     rows = plan(Builder(graph, store, ns.formula), graph, store, ns.formula, force, only)
     width = max(len(r.step) for r in rows)
     for r in rows:
@@ -123,16 +132,10 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     from formula.runtime.build import Builder
     from formula.runtime.progress import PlainProgress
 
-    plan_, graph = _compile(ns.formula, overrides)
-    if graph is None:
-        return EXIT_ERRORS
-    store = _store(ns.formula, ns.store)
-    if store is None:
-        return EXIT_USAGE
-    force, bad = _select(graph, ns.force or [], "--force")
-    only, bad2 = _select(graph, ns.only or [], "--only") if ns.only else (None, False)
-    if bad or bad2:
-        return EXIT_USAGE
+    prepared = _prepare(ns, overrides)
+    if isinstance(prepared, int):
+        return prepared
+    plan_, graph, store, force, only = prepared
     steps = [n for n in graph.order() if not only or n in graph.closure(only)]
     missing = Builder(graph, store, ns.formula).missing_implementations(set(steps))
     if missing:

@@ -89,8 +89,9 @@ def plan(builder: Builder, graph: Graph, store: Store, formula: str,
             spec = graph.steps[name]
             waiting = [d for d in spec.deps.values() if d not in outputs]
             if waiting:
-                out.append(PlannedStep(name, "after", "", [f"input from {d}, which will run"
-                                                           for d in sorted(set(waiting))]))
+                out.append(PlannedStep(name, "after", "", [
+                    f"input from {d}, which will run (stays cached if {d}'s output is unchanged)"
+                    for d in sorted(set(waiting))]))
                 continue
             keyed = builder.key(spec, outputs, hasher)
             record = store.action(keyed.key)
