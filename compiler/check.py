@@ -306,7 +306,9 @@ class _Checker:
 
     def _source(self, b: BlockDef, f: FuncValue) -> plan.TranscriptSource | plan.GastownSource:
         if f.name == "gastown":
-            return plan.GastownSource(f.args["projects"], self._path(b, f.args["beads"]), f.args["town"])
+            # `town` is matched against the agents' working directories, so it stays as written.
+            return plan.GastownSource(self._path(b, f.args["projects"]), self._path(b, f.args["beads"]),
+                                      f.args["town"])
         meta = f.args["meta"]
         meta_kind, meta_arg = (meta.name, next(iter(meta.args.values()))) if isinstance(meta, FuncValue) \
             else (meta, "")

@@ -38,11 +38,22 @@ MODULES = ("store", "graph", "lexer", "parser", "hashing", "scheduler", "cache",
 # Planted secrets and PII, one of each kind per file that carries them (see tests of issue 4).
 PLANTED = (
     "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE",
+    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     "export GITHUB_TOKEN=ghp_16C7e42F292c6912E7710c838347Ae178B4a",
     "contact: maintainer.jane@example.org for access",
     "ssh deploy@10.20.30.40 -i /home/alice/.ssh/id_ed25519",
     "call +1 415-555-0134 if the pager fires",
     "DATABASE_URL=postgres://admin:hunter2pass@db.internal:5432/prod",
+    "SLACK_WEBHOOK=https://hooks.slack.com/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXXX",
+    "slack bot token xoxb-2837465019-9384756102-AbCdEfGhIjKlMnOpQrStUvWx",
+    "OPENAI_API_KEY=sk-proj-Q2w3E4r5T6y7U8i9O0pAsDfGhJkLzXcVbNm1234",
+    "ANTHROPIC_API_KEY=sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa-AbCdEf",
+    "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwb2xlY2F0In0.Qm9ndXNTaWduYXR1cmVWYWx1ZTEyMw",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n-----END RSA PRIVATE KEY-----",
+    "DB_PASSWORD=Tr0ub4dor&3xample",
+    'config = {"client_secret": "8f14e45fceea167a5a36dedd4bea2543f1c2b3a4"}',
+    "metrics pushed from 192.168.17.42 and 2001 retries",
+    "see /Users/bob/projects/gastown and C:\\Users\\carol\\notes.txt",
 )
 
 TASKS = {
@@ -89,11 +100,11 @@ def _event(kind, session, cwd, branch, ts, parent, message):
                  "gitBranch": branch, "message": message}
 
 
-def make_session(role, rig, name, bead, merged, ts, plant):
+def make_session(role, rig, name, bead, merged, ts, plant, same_as=None):
+    """`same_as`: (module, task) of an abandoned attempt this session retries."""
     session = str(uuid.UUID(int=random.getrandbits(128)))
     cwd = ROLE_CWDS[role](rig, name)
-    m = random.choice(MODULES)
-    task = random.choice(TASKS[role])
+    m, task = same_as or (random.choice(MODULES), random.choice(TASKS[role]))
     prompt, tool, tool_input, result, answer = (
         task[0].format(m=m, rig=rig, bead=bead), task[1],
         json.loads(json.dumps(task[2]).replace("{m}", m).replace("{rig}", rig).replace("{bead}", bead)),
@@ -129,7 +140,7 @@ def make_session(role, rig, name, bead, merged, ts, plant):
                 {"type": "tool_result", "tool_use_id": tid, "content": failure, "is_error": True}]})
         add("assistant", {"role": "assistant", "content": [
             {"type": "text", "text": "The tests still fail; I am giving up on this bead."}]})
-    return session, cwd, events, ts
+    return session, cwd, events, ts, (m, task)
 
 
 def main() -> None:
@@ -143,12 +154,14 @@ def main() -> None:
     ts = datetime(2026, 10, 1, 9, 0, tzinfo=timezone.utc)
     n = 0
     for role, count in (("polecat", 60), ("mayor", 24), ("witness", 16), ("refinery", 16), ("crew", 16)):
+        retry = None
         for i in range(count):
             rig, name = random.choice(RIGS), random.choice(NAMES)
             bead = f"{'gt' if rig == 'gastown' else 'bd'}-{random.getrandbits(20):05x}"
-            merged = i % 4 != 3  # three in four sessions succeed
-            plant = PLANTED[n % len(PLANTED)] if n % 5 == 0 else None
-            session, cwd, events, ts = make_session(role, rig, name, bead, merged, ts, plant)
+            merged = i % 4 != 3  # three in four sessions succeed; each failure is retried next
+            plant = PLANTED[n % len(PLANTED)] if n % 4 == 0 else None
+            session, cwd, events, ts, spec = make_session(role, rig, name, bead, merged, ts, plant, retry)
+            retry = None if merged else spec
             folder = projects / cwd.replace("/", "-")
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / f"{session}.jsonl", "w", encoding="utf-8") as fh:
