@@ -28,9 +28,10 @@ SECRET_PATTERNS: tuple[tuple[str, re.Pattern, int], ...] = (
     ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}|https://hooks\.slack\.com/services/"
                                r"[A-Za-z0-9/]+"), 0),
     ("url_password", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@<>\"']+:([^\s/@<>\"']+)@"), 1),
+    # `.env` lines: NAME=value with no spaces around `=` (code written to PEP 8 has them)
     ("env_value", re.compile(r"(?m)^[ \t]*(?:export[ \t]+)?[A-Z][A-Z0-9_]*(?:KEY|SECRET|TOKEN|PASSWORD|"
-                             r"PASSWD|PWD|CREDENTIALS?|AUTH)[A-Z0-9_]*[ \t]*=[ \t]*[\"']?"
-                             r"([^\s\"'<>]{4,})"), 1),
+                             r"PASSWD|PWD|CREDENTIALS?|AUTH)[A-Z0-9_]*=[\"']?"
+                             r"(?!\d+\b)([^\s\"'<>]{4,})"), 1),
 )
 
 PII_PATTERNS: tuple[tuple[str, re.Pattern, int], ...] = (
@@ -43,12 +44,37 @@ PII_PATTERNS: tuple[tuple[str, re.Pattern, int], ...] = (
                       r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])"), 0),
 )
 
-# Addresses that identify no one: loopback, unspecified, documentation examples of versions.
-IP_ALLOWED = re.compile(r"^(127\.|0\.0\.0\.0$|255\.255\.255\.)")
+def _documentation_nets():
+    import ipaddress
+
+    return tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+DOCUMENTATION_NETS = _documentation_nets()  # RFC 5737: addresses for examples
+
+
+def _not_a_host(value: str, text: str, end: int) -> bool:
+    """Dotted quads that identify no machine: networks in CIDR notation, netmasks, loopback,
+    unspecified, multicast and reserved addresses, and version numbers such as 0.5.1.2."""
+    import ipaddress
+
+    if text.startswith("/", end) and text[end + 1:end + 2].isdigit():
+        return True
+    octets = [int(x) for x in value.split(".")]
+    if octets[0] == 0 or all(o in (0, 128, 192, 224, 240, 248, 252, 254, 255) for o in octets) \
+            and octets[0] == 255:
+        return True
+    if re.search(r"(?i)(section|sec\.|§|rfc\s?\d+#?)[\s-]*$", text[max(0, end - len(value) - 12):end - len(value)]):
+        return True  # a section number of a specification
+    ip = ipaddress.IPv4Address(value)
+    return ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved or \
+        ip.is_link_local or any(ip in net for net in DOCUMENTATION_NETS)
 KIND_GROUPS = {"secrets": {k for k, _, _ in SECRET_PATTERNS} | {"detected"},
                "pii": {"email", "user", "phone", "ip"}, "emails": {"email"}, "phones": {"phone"},
                "ips": {"ip"}, "home_paths": {"user"}}
 MIN_DETECTED = 8  # shorter values reported by a plugin are prefixes, not whole secrets
+PLACEHOLDER = re.compile(r"<(?:secret|pii):[a-z0-9_]+>")
+HELD = "SCRUBBEDHELD"
 
 
 @dataclass
@@ -81,18 +107,26 @@ class Scrubber:
             text = self._detect_secrets(text, source, report)
         for kind, pattern, group in self.pii_rules:
             text = _replace(text, pattern, group, f"<pii:{kind}>", kind, source, report,
-                            allow=IP_ALLOWED if kind == "ip" else None)
+                            skip=_not_a_host if kind == "ip" else None)
         return text
 
     def _detect_secrets(self, text: str, source: str, report: ScrubReport) -> str:
         from detect_secrets.core.scan import _process_line_based_plugins
         from detect_secrets.settings import default_settings
 
+        # Placeholders already in the text hide behind colon-free tokens, so that a plugin does
+        # not read `https://<secret:github_token>@host` as credentials of its own.
+        held: list[str] = []
+
+        def hold(m: re.Match) -> str:
+            held.append(m.group(0))
+            return f"{HELD}{len(held) - 1}Z"
+
+        text = PLACEHOLDER.sub(hold, text)
         lines = list(enumerate(text.split("\n"), 1))
         with default_settings():
             found = {(s.type, s.secret_value) for s in _process_line_based_plugins(lines, "transcript.txt")
-                     if s.secret_value and len(s.secret_value) >= MIN_DETECTED
-                     and "<secret:" not in s.secret_value and "<pii:" not in s.secret_value}
+                     if s.secret_value and len(s.secret_value) >= MIN_DETECTED and HELD not in s.secret_value}
         for type_, value in sorted(found, key=lambda tv: -len(tv[1])):
             kind = re.sub(r"[^a-z0-9]+", "_", type_.lower()).strip("_")
             count = text.count(value)
@@ -100,15 +134,16 @@ class Scrubber:
                 text = text.replace(value, f"<secret:{kind}>")
                 report.by_kind[kind] += count
                 report.by_file[source][kind] += count
-        return text
+        return re.sub(f"{HELD}(\\d+)Z", lambda m: held[int(m.group(1))], text)
 
 
 def _replace(text: str, pattern: re.Pattern, group: int, placeholder: str, kind: str, source: str,
-             report: ScrubReport, allow: re.Pattern | None = None) -> str:
+             report: ScrubReport, skip=None) -> str:
     out, last, hits = [], 0, 0
     for m in pattern.finditer(text):
         value = m.group(group)
-        if value is None or "<secret:" in value or "<pii:" in value or (allow and allow.search(value)):
+        if value is None or "<secret:" in value or "<pii:" in value or \
+                (skip is not None and skip(value, text, m.end(group))):
             continue
         start, end = m.span(group)
         out.append(text[last:start])
