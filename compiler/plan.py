@@ -54,31 +54,6 @@ class Always:
 Pred = Union[Cmp, AllOf, AnyOf, Negate, Always]
 
 
-def matches(pred: Pred | None, meta: dict) -> bool:
-    """Evaluate a condition on one session's metadata (a missing field never matches)."""
-    if pred is None:
-        return True
-    if isinstance(pred, Always):
-        return pred.value
-    if isinstance(pred, AllOf):
-        return all(matches(p, meta) for p in pred.parts)
-    if isinstance(pred, AnyOf):
-        return any(matches(p, meta) for p in pred.parts)
-    if isinstance(pred, Negate):
-        return not matches(pred.part, meta)
-    value = meta.get(pred.field)
-    if value is None:
-        return False
-    op, want = pred.op, pred.value
-    if op == "in":
-        return value in want
-    try:
-        return {"==": value == want, "!=": value != want, "<": value < want,
-                "<=": value <= want, ">": value > want, ">=": value >= want}[op]
-    except TypeError:
-        return False
-
-
 # --- models -----------------------------------------------------------------------------------
 
 

@@ -61,8 +61,11 @@ def test_example_plan():
     assert first.left.data == P.DataView("corpus", "sessions", "holdout")
 
 
-def test_conditions_evaluate_on_metadata():
-    pred = P.AllOf((P.Cmp("role", "in", ("mayor", "crew")), P.Negate(P.Cmp("turns", "<", 2))))
-    assert P.matches(pred, {"role": "crew", "turns": 3})
-    assert not P.matches(pred, {"role": "crew", "turns": 1})
-    assert not P.matches(pred, {"turns": 5})  # a missing field never matches
+def test_conditions_lower_to_what_the_runtime_evaluates():
+    from formula.compiler.lower import pred_config
+    from formula.runtime.corpus.predicate import matches
+
+    pred = pred_config(P.AllOf((P.Cmp("role", "in", ("mayor", "crew")), P.Negate(P.Cmp("turns", "<", 2)))))
+    assert matches(pred, {"role": "crew", "turns": 3})
+    assert not matches(pred, {"role": "crew", "turns": 1})
+    assert not matches(pred, {"turns": 5})  # a missing field never matches
