@@ -54,7 +54,7 @@ def test_labels_cover_assistant_tokens_only_token_by_token(built):
     for s, ex in zip(sessions, examples):
         text = tok.apply_chat_template(s["messages"], tokenize=False)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        assert enc["input_ids"] == ex["input_ids"]
+        assert enc["input_ids"] == ex["input_ids"].tolist()
         spans = assistant_spans(text)
         for token, label, (a, b) in zip(ex["input_ids"], ex["labels"], enc["offset_mapping"]):
             inside = any(lo <= a < hi for lo, hi in spans)
@@ -91,7 +91,7 @@ def test_truncation_policies(built):
     tok = AutoTokenizer.from_pretrained(built / "tok")
     s = json.loads((built / "corpus" / "train.jsonl").read_text().splitlines()[0])
     [cut] = tokenize.encode_batch([s], 40, "end", tok=tok)
-    assert cut["truncated"] and len(cut["input_ids"]) == 40
+    assert cut["truncated"] and len(cut["input_ids"]) == 40 and len(cut["labels"]) == 40
     [drop] = tokenize.encode_batch([s], 40, "drop", tok=tok)
     assert drop == {"id": s["id"], "dropped": "too_long"}
 

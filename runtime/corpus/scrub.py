@@ -127,7 +127,12 @@ class Scrubber:
         with default_settings():
             found = {(s.type, s.secret_value) for s in _process_line_based_plugins(lines, "transcript.txt")
                      if s.secret_value and len(s.secret_value) >= MIN_DETECTED and HELD not in s.secret_value}
-        for type_, value in sorted(found, key=lambda tv: -len(tv[1])):
+        # One value may be reported by several plugins; a fixed order (longest value first, a
+        # vendor's own format before keyword and entropy guesses) keeps the output deterministic.
+        generic = ("Secret Keyword", "Base64 High Entropy String", "Hex High Entropy String")
+        for type_, value in sorted(found, key=lambda tv: (-len(tv[1]), tv[0] in generic,
+                                                          generic.index(tv[0]) if tv[0] in generic else 0,
+                                                          tv[0])):
             kind = re.sub(r"[^a-z0-9]+", "_", type_.lower()).strip("_")
             count = text.count(value)
             if count:

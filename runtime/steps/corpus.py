@@ -131,6 +131,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     for s in sessions:
         derive_meta(s, root)
         scrub_session(s, scrubber, report)
+        s.source = s.meta["source"]  # relative and scrubbed: provenance names no machine or user
 
     if cfg.where is not None:
         kept = [s for s in sessions if matches(cfg.where, s.meta)]

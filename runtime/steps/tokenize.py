@@ -44,31 +44,32 @@ def _init(model_dir: str) -> None:
     _TOKENIZER = AutoTokenizer.from_pretrained(model_dir)
 
 
-def encode_batch(sessions: list[dict], max_len: int | None, truncation: str, tok=None) -> list[dict]:
-    """Sessions → examples with input_ids and labels masked to the assistant's tokens."""
+def encode_batch(sessions: list, max_len: int | None, truncation: str, tok=None) -> list[dict]:
+    """Sessions (dicts, or their JSON lines) → examples whose labels keep only the tokens the
+    assistant wrote; everything else is IGNORE. Arrays are int32 numpy, cheap to send back."""
+    import numpy as np
     from transformers.utils.chat_template_utils import render_jinja_template
 
     tok = tok or _TOKENIZER
+    sessions = [json.loads(s) if isinstance(s, str) else s for s in sessions]
     rendered, spans = render_jinja_template([s["messages"] for s in sessions], chat_template=tok.chat_template,
                                             return_assistant_tokens_mask=True, **tok.special_tokens_map)
-    enc = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tok._tokenizer.encode_batch(rendered, add_special_tokens=False)
     out = []
-    for s, ids, offsets, gen in zip(sessions, enc["input_ids"], enc["offset_mapping"], spans):
-        labels = [IGNORE] * len(ids)
-        gen = sorted(gen)
-        j = 0
-        for i, (start, end) in enumerate(offsets):
-            while j < len(gen) and gen[j][1] <= start:
-                j += 1
-            if j < len(gen) and gen[j][0] <= start < gen[j][1]:
-                labels[i] = ids[i]
+    for s, e, gen in zip(sessions, enc, spans):
+        ids = np.asarray(e.ids, dtype=np.int32)
+        starts = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+        gen = np.asarray(sorted(gen), dtype=np.int64).reshape(-1, 2)
+        k = np.searchsorted(gen[:, 0], starts, side="right") - 1
+        inside = (k >= 0) & (starts < gen[np.maximum(k, 0), 1])
+        labels = np.where(inside, ids, IGNORE).astype(np.int32)
         truncated = max_len is not None and len(ids) > max_len
         if truncated:
             if truncation == "drop":
                 out.append({"id": s["id"], "dropped": "too_long"})
                 continue
             ids, labels = ids[:max_len], labels[:max_len]
-        if all(l == IGNORE for l in labels):
+        if not inside[: len(ids)].any():
             out.append({"id": s["id"], "dropped": "no_assistant_tokens"})
             continue
         meta = s.get("meta", {})
@@ -80,6 +81,24 @@ def encode_batch(sessions: list[dict], max_len: int | None, truncation: str, tok
 
 def _encode(args):
     return encode_batch(*args)
+
+
+def _arrow(examples: list[dict]):
+    """Examples → an Arrow table, list columns built from one flat array each."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64, count=len(examples))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = lambda key: pa.array(np.concatenate([e[key] for e in examples]) if examples else
+                                np.zeros(0, np.int32))
+    return pa.table({
+        "id": pa.array([e["id"] for e in examples], pa.string()),
+        "input_ids": pa.ListArray.from_arrays(offsets, flat("input_ids")),
+        "labels": pa.ListArray.from_arrays(offsets, flat("labels")),
+        "truncated": pa.array([bool(e["truncated"]) for e in examples], pa.bool_()),
+        **{c: pa.array([e[c] for e in examples], pa.string()) for c in ("role", "outcome", "bead")},
+    })
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
@@ -97,9 +116,8 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     try:
         for split in ("train", "holdout"):
             with open(Path(inputs["corpus"]) / f"{split}.jsonl", encoding="utf-8") as fh:
-                sessions = [json.loads(line) for line in fh if line.strip()]
-            batches = [(sessions[i:i + BATCH], cfg.max_len, cfg.truncation)
-                       for i in range(0, len(sessions), BATCH)]
+                lines = [line for line in fh if line.strip()]
+            batches = [(lines[i:i + BATCH], cfg.max_len, cfg.truncation) for i in range(0, len(lines), BATCH)]
             if pool is not None and len(batches) > 1:
                 results = [r for part in pool.map(_encode, batches) for r in part]
             else:
@@ -109,12 +127,10 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
             for r in results:
                 if "dropped" in r:
                     dropped[r["dropped"]] = dropped.get(r["dropped"], 0) + 1
-            columns = ("id", "input_ids", "labels", "truncated", "role", "outcome", "bead")
-            ds = datasets.Dataset.from_dict({c: [r[c] for r in kept] for c in columns})
-            ds.save_to_disk(str(output / split))
-            stats[split] = {"sessions": len(sessions), "examples": len(kept), "dropped": dropped,
-                            "tokens": sum(len(r["input_ids"]) for r in kept),
-                            "assistant_tokens": sum(sum(l != IGNORE for l in r["labels"]) for r in kept),
+            datasets.Dataset(_arrow(kept)).save_to_disk(str(output / split))
+            stats[split] = {"sessions": len(lines), "examples": len(kept), "dropped": dropped,
+                            "tokens": int(sum(len(r["input_ids"]) for r in kept)),
+                            "assistant_tokens": int(sum((r["labels"] != IGNORE).sum() for r in kept)),
                             "truncated": sum(r["truncated"] for r in kept),
                             "max_tokens": max((len(r["input_ids"]) for r in kept), default=0)}
     finally:
