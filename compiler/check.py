@@ -333,7 +333,7 @@ class _Checker:
             b.qualified, sources, v["where"], tuple(v["scrub"]),
             dedup.name if isinstance(dedup, FuncValue) else dedup,
             dedup.args["threshold"] if isinstance(dedup, FuncValue) else 1.0,
-            v["holdout"], v["max_len"], v["min_turns"], v["max_turns"], v["max_repeats"],
+            v["holdout"], v["max_len"], v["truncation"], v["min_turns"], v["max_turns"], v["max_repeats"],
             v["on_error"], v["max_dropped"], self._origin(b))
 
     def _pairs(self, c: _Checked) -> plan.PairsPlan | None:

@@ -119,12 +119,17 @@ class _Lowering:
             name = self.plan.stages[name].model
         return name
 
-    def tokenize(self, corpus: str, model: str) -> str:
+    def tokenize(self, corpus: str, model: str, pack_to: int | None = None) -> str:
+        """One tokenized corpus per model tokenizer; a packed variant is its own artifact."""
         c = self.plan.corpora[corpus]
-        return self.add(StepSpec(
-            f"tokenize.{corpus}.{model}", "tokenize",
-            {"corpus": corpus, "model": model, "max_len": c.max_len},
-            {"corpus": self.corpus(corpus), "model": self.model(model)}, {}, self.origin(c.origin)))
+        config = {"corpus": corpus, "model": model, "max_len": c.max_len, "truncation": c.truncation}
+        name = f"tokenize.{corpus}.{model}"
+        if pack_to is not None:
+            config["pack_to"] = pack_to
+            name += ".packed"
+        return self.add(StepSpec(name, "tokenize", config,
+                                 {"corpus": self.corpus(corpus), "model": self.model(model)}, {},
+                                 self.origin(c.origin)))
 
     def pairs(self, name: str) -> str:
         p = self.plan.pairs[name]
@@ -136,16 +141,19 @@ class _Lowering:
         config = {k: v for k, v in to_config(p).items() if k not in ("type",)}
         return self.add(StepSpec(f"pairs.{name}", "pairs", config, deps, files, self.origin(p.origin)))
 
-    def data(self, view: P.DataView, model: str) -> str:
+    def data(self, view: P.DataView, model: str, pack_to: int | None = None) -> str:
         if view.kind == "pairs":
             return self.pairs(view.name)
-        return self.tokenize(view.name, model)
+        return self.tokenize(view.name, model, pack_to)
 
     def stage(self, name: str) -> str:
         s = self.plan.stages[name]
         start = self.stage(s.model) if s.model in self.plan.stages else self.model(s.model)
         root = self.root_model(name)
-        deps = {"model": start, "data": self.data(s.data, root)}
+        pack_to = None
+        if s.get("packing"):
+            pack_to = s.get("max_len") or self.plan.corpora[s.data.name].max_len or 2048
+        deps = {"model": start, "data": self.data(s.data, root, pack_to)}
         for i, need in enumerate(s.needs):
             deps[f"needs{i}"] = self.block(need)
         config = {"name": name, "method": s.method, "data": to_config(s.data),

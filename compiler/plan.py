@@ -143,6 +143,7 @@ class CorpusPlan:
     dedup_threshold: float
     holdout: float
     max_len: int | None
+    truncation: str
     min_turns: int
     max_turns: int | None
     max_repeats: int

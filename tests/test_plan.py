@@ -69,3 +69,13 @@ def test_conditions_lower_to_what_the_runtime_evaluates():
     assert matches(pred, {"role": "crew", "turns": 3})
     assert not matches(pred, {"role": "crew", "turns": 1})
     assert not matches(pred, {"turns": 5})  # a missing field never matches
+
+
+def test_a_stage_that_packs_gets_its_own_packed_tokenization(tmp_path):
+    from formula.compiler.lower import lower
+
+    plan = compiled("examples/tiny.formula", "stage.lm.packing=true")
+    graph = lower(plan)
+    assert graph.steps["train.lm"].deps["data"] == "tokenize.sessions.tiny.packed"
+    assert graph.steps["tokenize.sessions.tiny.packed"].config["pack_to"] == 512
+    assert graph.steps["train.sft"].deps["data"] == "tokenize.sessions.tiny"

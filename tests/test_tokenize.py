@@ -112,3 +112,17 @@ def test_the_tokenized_example_holds_no_planted_secret(built):
     assert "<secret:" in text and "<pii:" in text
     for planted in gen.PLANTED:
         assert planted.split("=")[-1].split("Bearer ")[-1] not in text, planted
+
+
+def test_packing_keeps_examples_whole_with_restarting_positions(built):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "tok")
+    sessions = [json.loads(line) for line in (built / "corpus" / "train.jsonl").read_text().splitlines()[:30]]
+    examples = tokenize.encode_batch(sessions, None, "end", tok=tok)
+    rows = tokenize.pack(examples, 400)
+    assert all(len(r["input_ids"]) <= 400 for r in rows) and len(rows) < len(examples)
+    assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
+    first = rows[0]
+    starts = [i for i, p in enumerate(first["position_ids"]) if p == 0]
+    assert len(starts) == first["id"].count(",") + 1 and starts[0] == 0

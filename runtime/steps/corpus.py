@@ -47,6 +47,7 @@ class Config:
     dedup_threshold: float = 1.0
     holdout: float = 0.0
     max_len: Optional[int] = None
+    truncation: str = "end"
     min_turns: int = 1
     max_turns: Optional[int] = None
     max_repeats: int = 3

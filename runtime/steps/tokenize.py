@@ -30,6 +30,7 @@ class Config:
     model: str = ""
     max_len: Optional[int] = None
     truncation: str = "end"      # end: keep the first max_len tokens; drop: drop the session
+    pack_to: Optional[int] = None  # pack examples into rows of at most this many tokens
     workers: int = 0             # 0: one per core
 
 
@@ -83,6 +84,34 @@ def _encode(args):
     return encode_batch(*args)
 
 
+def pack(examples: list[dict], pack_to: int) -> list[dict]:
+    """Greedy packing in order: whole examples into rows of at most `pack_to` tokens, each row
+    with `position_ids` restarting at every example (so attention can stay within examples)."""
+    import numpy as np
+
+    rows, current = [], []
+    size = 0
+
+    def flush():
+        if current:
+            rows.append({
+                "id": ",".join(e["id"] for e in current),
+                "input_ids": np.concatenate([e["input_ids"] for e in current]),
+                "labels": np.concatenate([e["labels"] for e in current]),
+                "position_ids": np.concatenate([np.arange(len(e["input_ids"]), dtype=np.int32) for e in current]),
+                "truncated": any(e["truncated"] for e in current), "role": "", "outcome": "", "bead": ""})
+
+    for e in examples:
+        n = len(e["input_ids"])
+        if current and size + n > pack_to:
+            flush()
+            current, size = [], 0
+        current.append(e)
+        size += n
+    flush()
+    return rows
+
+
 def _arrow(examples: list[dict]):
     """Examples → an Arrow table, list columns built from one flat array each."""
     import numpy as np
@@ -92,10 +121,13 @@ def _arrow(examples: list[dict]):
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     flat = lambda key: pa.array(np.concatenate([e[key] for e in examples]) if examples else
                                 np.zeros(0, np.int32))
+    packed = {"position_ids": pa.ListArray.from_arrays(offsets, flat("position_ids"))} \
+        if examples and "position_ids" in examples[0] else {}
     return pa.table({
         "id": pa.array([e["id"] for e in examples], pa.string()),
         "input_ids": pa.ListArray.from_arrays(offsets, flat("input_ids")),
         "labels": pa.ListArray.from_arrays(offsets, flat("labels")),
+        **packed,
         "truncated": pa.array([bool(e["truncated"]) for e in examples], pa.bool_()),
         **{c: pa.array([e[c] for e in examples], pa.string()) for c in ("role", "outcome", "bead")},
     })
@@ -127,12 +159,14 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
             for r in results:
                 if "dropped" in r:
                     dropped[r["dropped"]] = dropped.get(r["dropped"], 0) + 1
-            datasets.Dataset(_arrow(kept)).save_to_disk(str(output / split))
+            rows = pack(kept, cfg.pack_to) if cfg.pack_to else kept
+            datasets.Dataset(_arrow(rows)).save_to_disk(str(output / split))
             stats[split] = {"sessions": len(lines), "examples": len(kept), "dropped": dropped,
                             "tokens": int(sum(len(r["input_ids"]) for r in kept)),
                             "assistant_tokens": int(sum((r["labels"] != IGNORE).sum() for r in kept)),
                             "truncated": sum(r["truncated"] for r in kept),
-                            "max_tokens": max((len(r["input_ids"]) for r in kept), default=0)}
+                            "max_tokens": max((len(r["input_ids"]) for r in kept), default=0),
+                            **({"packed_rows": len(rows)} if cfg.pack_to else {})}
     finally:
         if pool is not None:
             pool.shutdown()
