@@ -17,6 +17,7 @@ The step knows nothing about caching, hashing or the store.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -36,9 +37,10 @@ def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
                 config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), cfg.config))
             inputs = {k: Path(v) for k, v in cfg.inputs.items()}
             output = Path(cfg.output)
-            if output.exists():
-                shutil.rmtree(output)
-            output.mkdir(parents=True)
+            if os.environ.get("RANK", "0") == "0":  # in a multi-process step, rank 0 owns the output
+                if output.exists():
+                    shutil.rmtree(output)
+                output.mkdir(parents=True)
             work = Path(cfg.work)
             work.mkdir(parents=True, exist_ok=True)
             run(config, inputs, output, work)

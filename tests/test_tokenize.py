@@ -124,5 +124,6 @@ def test_packing_keeps_examples_whole_with_restarting_positions(built):
     assert all(len(r["input_ids"]) <= 400 for r in rows) and len(rows) < len(examples)
     assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
     first = rows[0]
-    starts = [i for i, p in enumerate(first["position_ids"]) if p == 0]
-    assert len(starts) == first["id"].count(",") + 1 and starts[0] == 0
+    assert len(first["seq_lengths"]) == first["id"].count(",") + 1
+    assert sum(first["seq_lengths"]) == len(first["input_ids"])
+    assert tokenize._arrow(rows).column("seq_lengths").to_pylist()[0] == first["seq_lengths"].tolist()

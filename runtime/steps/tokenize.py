@@ -85,8 +85,9 @@ def _encode(args):
 
 
 def pack(examples: list[dict], pack_to: int) -> list[dict]:
-    """Greedy packing in order: whole examples into rows of at most `pack_to` tokens, each row
-    with `position_ids` restarting at every example (so attention can stay within examples)."""
+    """Greedy packing in order: whole examples into rows of at most `pack_to` tokens; each row
+    lists its examples' `seq_lengths` (TRL's padding-free format), so attention and positions
+    can restart at every example."""
     import numpy as np
 
     rows, current = [], []
@@ -98,7 +99,7 @@ def pack(examples: list[dict], pack_to: int) -> list[dict]:
                 "id": ",".join(e["id"] for e in current),
                 "input_ids": np.concatenate([e["input_ids"] for e in current]),
                 "labels": np.concatenate([e["labels"] for e in current]),
-                "position_ids": np.concatenate([np.arange(len(e["input_ids"]), dtype=np.int32) for e in current]),
+                "seq_lengths": np.asarray([len(e["input_ids"]) for e in current], dtype=np.int32),
                 "truncated": any(e["truncated"] for e in current), "role": "", "outcome": "", "bead": ""})
 
     for e in examples:
@@ -121,8 +122,11 @@ def _arrow(examples: list[dict]):
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     flat = lambda key: pa.array(np.concatenate([e[key] for e in examples]) if examples else
                                 np.zeros(0, np.int32))
-    packed = {"position_ids": pa.ListArray.from_arrays(offsets, flat("position_ids"))} \
-        if examples and "position_ids" in examples[0] else {}
+    packed = {}
+    if examples and "seq_lengths" in examples[0]:
+        counts = np.fromiter((len(e["seq_lengths"]) for e in examples), dtype=np.int64, count=len(examples))
+        packed["seq_lengths"] = pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), flat("seq_lengths"))
     return pa.table({
         "id": pa.array([e["id"] for e in examples], pa.string()),
         "input_ids": pa.ListArray.from_arrays(offsets, flat("input_ids")),

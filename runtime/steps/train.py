@@ -1,0 +1,248 @@
+"""The train step: one SFT or DPO stage with trl, full weights or a peft LoRA adapter.
+
+The output is a standalone model folder (for LoRA: the adapter in `adapter/` and the weights with
+it merged, so a later stage or `assemble` starts from one folder), with `metrics.jsonl` (loss,
+learning rate, grad norm and tokens per second per logging step), `loss.png`, `lineage.json`.
+Checkpoints go to the step's work folder every `save_every` steps; a killed run resumes from the
+last one. Several processes (`processes = 2`) run under torch's launcher, over gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from formula.runtime.corpus.predicate import matches
+from formula.runtime.step import fail, step_entry
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors")
+
+
+@dataclass
+class Config:
+    name: str = "stage"
+    method: str = "sft"
+    data: Any = None
+    adapter: Any = field(default_factory=lambda: {"type": "full"})
+    base_model: str = ""
+    epochs: float = 1.0
+    max_steps: Optional[int] = None
+    lr: float = 1e-4
+    batch: int = 8
+    accumulate: int = 1
+    seed: int = 0
+    warmup: float = 0.0
+    scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_len: Optional[int] = None
+    packing: bool = False
+    assistant_only: bool = True
+    beta: float = 0.1
+    loss: str = "sigmoid"
+    save_every: int = 50
+    log_every: int = 5
+    processes: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def load_model(path: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        fail(f"the starting model {path} is not a model folder (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
+        fail(f"the starting model is a {config.architectures}, not a causal language model")
+    tok = AutoTokenizer.from_pretrained(path)
+    if len(tok) > config.vocab_size:
+        fail(f"the tokenizer has {len(tok)} tokens but the model's vocabulary holds {config.vocab_size}")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok
+
+
+def lora_config(cfg: Config, model):
+    from peft import LoraConfig
+
+    a = cfg.adapter
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if type(m).__name__ in ("Linear", "Conv1D") and "." in n})
+    targets = list(a["targets"])
+    missing = [t for t in targets if t not in linear and t != "all-linear"]
+    if missing and len(missing) == len(targets):
+        fail(f"stage `{cfg.name}`: LoRA targets {missing} match no module of the model; "
+             f"its linear modules are {linear}")
+    return LoraConfig(r=a["r"], lora_alpha=a["alpha"], lora_dropout=a["dropout"], target_modules=targets,
+                      bias=a["bias"], use_rslora=a["rslora"], use_dora=a["dora"], task_type="CAUSAL_LM")
+
+
+def sft_data(cfg: Config, data_dir: Path):
+    import datasets
+
+    split = cfg.data.get("split", "train")
+    ds = datasets.load_from_disk(str(data_dir / split))
+    where = cfg.data.get("where")
+    if where is not None:
+        ds = ds.filter(lambda row: matches(where, {k: row[k] for k in ("role", "outcome", "bead")}))
+    if len(ds) == 0:
+        fail(f"stage `{cfg.name}`: no training example is left after the data's filter")
+    keep = {"input_ids", "labels", "seq_lengths"}
+    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    if not cfg.assistant_only:
+        ds = ds.map(lambda row: {"labels": row["input_ids"]})
+    return ds
+
+
+def dpo_data(cfg: Config, data_dir: Path):
+    import datasets
+
+    rows = [json.loads(line) for line in (data_dir / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        fail(f"stage `{cfg.name}`: the preference pairs are empty")
+    return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+
+class MetricsLog:
+    """Appends one JSON line per logging step to the work folder (so a resumed run continues
+    the same curve), with throughput in tokens per second since the previous line."""
+
+    def __init__(self, path: Path):
+        from transformers import TrainerCallback
+
+        log = self
+
+        class Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if rank() == 0 and logs and "loss" in logs:
+                    log.write(state, logs)
+
+        self.path = path
+        self.callback = Callback()
+        self.last = (time.time(), 0)
+
+    def write(self, state, logs: dict) -> None:
+        now, tokens = time.time(), int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen or 0))
+        then, before = self.last
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs.get("loss"),
+               "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+               "tokens_per_second": round((tokens - before) / max(now - then, 1e-9), 1) if tokens else None}
+        for k in ("rewards/margins", "rewards/accuracies"):
+            if k in logs:
+                row[k.replace("/", "_")] = logs[k]
+        self.last = (now, tokens)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def plot(metrics: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()] if metrics.exists() else []
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def trainer_args(cfg: Config, work: Path, cls, cuda: bool, bf16: bool):
+    kw = dict(output_dir=str(work / "checkpoints"), num_train_epochs=cfg.epochs,
+              max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch,
+              gradient_accumulation_steps=cfg.accumulate, seed=cfg.seed, data_seed=cfg.seed,
+              warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
+              max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, save_strategy="steps",
+              save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
+              bf16=bf16, dataloader_num_workers=0, include_num_input_tokens_seen="all",
+              ddp_backend=("gloo" if not cuda and "WORLD_SIZE" in os.environ else None),
+              disable_tqdm=False, max_length=cfg.max_len)
+    if cfg.method == "dpo":
+        kw.update(beta=cfg.beta, loss_type=[cfg.loss])
+    else:
+        kw.update(padding_free=cfg.packing, dataset_num_proc=None)
+    return cls(**kw)
+
+
+def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(cfg)
+    import torch
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    if cfg.device == "cuda" and not cuda:
+        fail(f"stage `{cfg.name}` asks for `device = cuda`, but no CUDA device is visible")
+    bf16 = cuda and torch.cuda.is_bf16_supported() and cfg.precision in ("auto", "bf16")
+    model, tok = load_model(Path(inputs["model"]))
+    peft_config = lora_config(cfg, model) if cfg.adapter.get("type") == "lora_plan" else None
+    data = dpo_data(cfg, Path(inputs["data"])) if cfg.method == "dpo" else sft_data(cfg, Path(inputs["data"]))
+    log = MetricsLog(work / "metrics.jsonl")
+    checkpoints = work / "checkpoints"
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if cfg.method == "dpo":
+        trainer = DPOTrainer(model=model, args=trainer_args(cfg, work, DPOConfig, cuda, bf16),
+                             train_dataset=data, processing_class=tok, peft_config=peft_config,
+                             callbacks=[log.callback])
+    else:
+        trainer = SFTTrainer(model=model, args=trainer_args(cfg, work, SFTConfig, cuda, bf16),
+                             train_dataset=data, processing_class=tok, peft_config=peft_config,
+                             callbacks=[log.callback])
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if rank() != 0:
+        return
+    trained = trainer.model
+    if peft_config is not None:
+        trained.save_pretrained(output / "adapter")
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(output, safe_serialization=True)
+    tok.save_pretrained(output)
+    for name in ("generation_config.json",):
+        src = Path(inputs["model"]) / name
+        if src.exists():
+            shutil.copy(src, output / name)
+    shutil.copy(work / "metrics.jsonl", output / "metrics.jsonl") if (work / "metrics.jsonl").exists() else None
+    plot(output / "metrics.jsonl", output / "loss.png", f"{cfg.method} stage `{cfg.name}`")
+    start_lineage = Path(inputs["model"]) / "lineage.json"
+    (output / "lineage.json").write_text(json.dumps({
+        "stage": cfg.name, "method": cfg.method, "adapter": cfg.adapter, "data": cfg.data,
+        "starts_from": json.loads(start_lineage.read_text()) if start_lineage.exists() else cfg.base_model,
+    }, indent=1, sort_keys=True))
+    (output / "metrics.json").write_text(json.dumps({
+        "train_loss": round(result.training_loss, 5), "steps": result.global_step,
+        "seconds": round(time.time() - started, 2), "resumed": resume,
+        "examples": len(data)}))
+
+
+def launch(cfg: Config) -> None:
+    """Run this step again under torch's launcher, one process per `processes`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={cfg.processes}", "-m", "formula.runtime.steps.train", *sys.argv[1:]]
+    status = subprocess.call(cmd)
+    if status != 0:
+        fail(f"stage `{cfg.name}`: a training process failed (exit status {status})")
+
+
+main = step_entry(Config, run)
+
+if __name__ == "__main__":
+    main()
