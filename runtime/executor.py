@@ -52,6 +52,7 @@ class LocalExecutor:
         env = dict(os.environ)
         env.update(task.env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env["FORMULA_PARENT_PID"] = str(os.getpid())  # the step exits if this build dies
         task.log.parent.mkdir(parents=True, exist_ok=True)
         with open(task.log, "ab") as log:
             proc = subprocess.Popen(task.command(), stdout=log, stderr=subprocess.STDOUT,

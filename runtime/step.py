@@ -24,8 +24,33 @@ from pathlib import Path
 from typing import Callable
 
 
+PARENT_ENV = "FORMULA_PARENT_PID"
+
+
+def kill_on_parent_death() -> None:
+    """Linux: have the kernel kill this process when its parent dies (PR_SET_PDEATHSIG)."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: `die_with_parent` still catches a parent that is already gone
+
+
+def die_with_parent() -> None:
+    """A step must not outlive the build that started it: a killed build would otherwise
+    leave a step writing into the work folder that the next build resumes from."""
+    kill_on_parent_death()
+    parent = os.environ.get(PARENT_ENV)
+    if parent and int(parent) != os.getppid():
+        os._exit(1)
+
+
 def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
     def main() -> None:
+        die_with_parent()
         import hydra
         from omegaconf import OmegaConf
 

@@ -133,6 +133,11 @@ class MetricsLog:
         self.callback = Callback()
         self.last = (time.time(), 0)
 
+    def truncate_after(self, step: int) -> None:
+        if self.path.exists():
+            rows = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))
+
     def write(self, state, logs: dict) -> None:
         now, tokens = time.time(), int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen or 0))
         then, before = self.last
@@ -170,7 +175,8 @@ def trainer_args(cfg: Config, work: Path, cls, cuda: bool, bf16: bool):
               max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch,
               gradient_accumulation_steps=cfg.accumulate, seed=cfg.seed, data_seed=cfg.seed,
               warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
-              max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, save_strategy="steps",
+              max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, logging_first_step=True,
+              save_strategy="steps",
               save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
               bf16=bf16, dataloader_num_workers=0, include_num_input_tokens_seen="all",
               ddp_backend=("gloo" if not cuda and "WORLD_SIZE" in os.environ else None),
@@ -198,6 +204,9 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     log = MetricsLog(work / "metrics.jsonl")
     checkpoints = work / "checkpoints"
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if resume and rank() == 0:
+        last = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+        log.truncate_after(last)  # steps logged after the checkpoint are run again
     if cfg.method == "dpo":
         trainer = DPOTrainer(model=model, args=trainer_args(cfg, work, DPOConfig, cuda, bf16),
                              train_dataset=data, processing_class=tok, peft_config=peft_config,
@@ -220,7 +229,10 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         src = Path(inputs["model"]) / name
         if src.exists():
             shutil.copy(src, output / name)
-    shutil.copy(work / "metrics.jsonl", output / "metrics.jsonl") if (work / "metrics.jsonl").exists() else None
+    if (work / "metrics.jsonl").exists():
+        shutil.copy(work / "metrics.jsonl", output / "metrics.jsonl")
+    else:
+        (output / "metrics.jsonl").write_text("")
     plot(output / "metrics.jsonl", output / "loss.png", f"{cfg.method} stage `{cfg.name}`")
     start_lineage = Path(inputs["model"]) / "lineage.json"
     (output / "lineage.json").write_text(json.dumps({
@@ -230,14 +242,19 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     (output / "metrics.json").write_text(json.dumps({
         "train_loss": round(result.training_loss, 5), "steps": result.global_step,
         "seconds": round(time.time() - started, 2), "resumed": resume,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if cuda else "cpu",
         "examples": len(data)}))
 
 
 def launch(cfg: Config) -> None:
     """Run this step again under torch's launcher, one process per `processes`."""
+    from formula.runtime.step import PARENT_ENV, kill_on_parent_death
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={cfg.processes}", "-m", "formula.runtime.steps.train", *sys.argv[1:]]
-    status = subprocess.call(cmd)
+    env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}  # workers' parent is the launcher
+    # The launcher dies with this step, and its workers with it (they run the step harness).
+    status = subprocess.call(cmd, env=env, preexec_fn=kill_on_parent_death)
     if status != 0:
         fail(f"stage `{cfg.name}`: a training process failed (exit status {status})")
 

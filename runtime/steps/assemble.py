@@ -1,0 +1,88 @@
+"""The assemble step: the last stage as a standalone model folder to ship.
+
+Weights in the formula's dtype as safetensors (sharded when larger than `shard_size`), the
+tokenizer with its chat template, the generation config, and a model card (README.md) with the
+lineage: formula, stages, data and metrics. With `merge = false` and a LoRA stage, the adapter
+is shipped beside the weights it applies to instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from formula.runtime.step import fail, step_entry
+
+LIBRARIES = ("torch", "transformers", "safetensors")
+DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class Config:
+    name: str = "model"
+    stage: str = ""
+    base_model: str = ""
+    merge: bool = True
+    dtype: str = "f32"
+    shard_size: int = 5 * 1024**3
+
+
+def stages_of(lineage: dict | str) -> list[dict]:
+    out = []
+    while isinstance(lineage, dict):
+        out.append(lineage)
+        lineage = lineage.get("starts_from")
+    return list(reversed(out)) + ([{"base": lineage}] if isinstance(lineage, str) else [])
+
+
+def card(cfg: Config, lineage: dict, metrics: dict) -> str:
+    chain = stages_of(lineage)
+    base = next((s["base"] for s in chain if "base" in s), cfg.base_model)
+    lines = [f"# {cfg.name}", "", f"Built by `formula` from base model `{base}` in {len(chain) - 1} stage(s), "
+             f"saved as {cfg.dtype} safetensors.", "", "## Stages", "",
+             "| stage | method | adapter | data |", "|---|---|---|---|"]
+    for s in chain:
+        if "stage" not in s:
+            continue
+        a = s.get("adapter", {})
+        adapter = f"LoRA r={a.get('r')} alpha={a.get('alpha')}" if a.get("type") == "lora_plan" else "full"
+        d = s.get("data") or {}
+        data = f"{d.get('kind')} `{d.get('name')}` ({d.get('split')})" + (" filtered" if d.get("where") else "")
+        lines.append(f"| {s['stage']} | {s['method']} | {adapter} | {data} |")
+    if metrics:
+        lines += ["", "## Last stage", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+    lines += ["", "The lineage in full is in `lineage.json`; the chat template in `chat_template.jinja`.", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stage = Path(inputs["stage"])
+    if not (stage / "config.json").is_file():
+        fail(f"assemble `{cfg.name}`: stage `{cfg.stage}` left no model folder")
+    tok = AutoTokenizer.from_pretrained(stage)
+    model = AutoModelForCausalLM.from_pretrained(stage, dtype=getattr(torch, DTYPES[cfg.dtype]))
+    model.save_pretrained(output, safe_serialization=True, max_shard_size=cfg.shard_size)
+    tok.save_pretrained(output)
+    for name in ("generation_config.json",):
+        if (stage / name).exists():
+            shutil.copy(stage / name, output / name)
+    if not cfg.merge and (stage / "adapter").is_dir():
+        shutil.copytree(stage / "adapter", output / "adapter")
+    lineage = json.loads((stage / "lineage.json").read_text()) if (stage / "lineage.json").exists() else {}
+    metrics = json.loads((stage / "metrics.json").read_text()) if (stage / "metrics.json").exists() else {}
+    (output / "lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True))
+    (output / "README.md").write_text(card(cfg, lineage, metrics))
+    (output / "metrics.json").write_text(json.dumps({"parameters": sum(p.numel() for p in model.parameters()),
+                                                     "dtype": cfg.dtype}))
+
+
+main = step_entry(Config, run)
+
+if __name__ == "__main__":
+    main()
