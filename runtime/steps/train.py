@@ -203,6 +203,12 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     data = dpo_data(cfg, Path(inputs["data"])) if cfg.method == "dpo" else sft_data(cfg, Path(inputs["data"]))
     log = MetricsLog(work / "metrics.jsonl")
     checkpoints = work / "checkpoints"
+    if rank() == 0:
+        # A checkpoint is whole once the trainer wrote its state last; a kill mid-save leaves
+        # one without it, which must not be resumed from.
+        for partial in checkpoints.glob("checkpoint-*"):
+            if not (partial / "trainer_state.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     if resume and rank() == 0:
         last = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
