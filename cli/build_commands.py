@@ -172,6 +172,12 @@ def _summary(result, seconds: float, live: bool = False) -> None:
         if o.rerun:
             print(f"run it alone: {o.rerun}", file=sys.stderr)
     _table(result, live)
+    for o in result.outcomes.values():
+        for c in o.failed_checks:
+            print(f"check failed in {o.step}: {c.get('check')}" + (f" — {c['detail']}" if c.get("detail") else ""),
+                  file=sys.stderr)
+        if o.failed_checks:
+            print(f"  report: {o.step}'s output (`formula show` with its key {o.key[:12]})", file=sys.stderr)
     order = (BUILT, REUSED, CACHED, FAILED, SKIPPED)
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     print(f"{'build ok' if result.ok else 'build failed'}: {', '.join(parts) or 'nothing to do'} "

@@ -17,6 +17,7 @@ them against each step's structured config, and keys steps by them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Iterable
 
 from formula.runtime.graph import FileInput, Graph, StepSpec
@@ -211,7 +212,8 @@ class _Lowering:
                 f"target:{target}", f"model{len(names)}")
             if m.target is not None:
                 deps[model_input] = self.target(target)
-            out = {"metric": m.metric, "model": model_input, "args": dict(m.args), "attr": m.attr}
+            out = {"metric": m.metric, "model": model_input, "args": dict(m.args), "attr": m.attr,
+                   "label": _label(m, v.on)}
             if m.data is not None:
                 data_input = names.setdefault(f"data:{m.data}:{target}", f"data{len(names)}")
                 if m.data.kind == "corpus":
@@ -256,6 +258,15 @@ class _Lowering:
         for name in self.plan.stages:
             self.stage(name)
         return Graph(dict(sorted(self.steps.items())))
+
+
+def _label(m: P.MetricCall, on: P.TargetRef) -> str:
+    """The measurement as a reader would write it: `perplexity(tiny, sessions.holdout)`."""
+    args = [str(m.target)] if m.target is not None else []
+    if m.data is not None:
+        args.append(f"{m.data.name}.{m.data.split}" + (" filtered" if m.data.where else ""))
+    args += [json.dumps(v) if k == "file" else f"{k} = {v}" for k, v in m.args]
+    return f"{m.metric}({', '.join(args)}) of {m.target or on}"
 
 
 def _expand(path: str) -> str:

@@ -70,6 +70,9 @@ class Outcome:
     log: str = ""
     rerun: str = ""
     error: str = ""
+    # Checks the step's output reports as failed (its `checks.json`): the artifact is kept and
+    # cached, but the build does not succeed while any stands.
+    failed_checks: list = field(default_factory=list)
 
 
 @dataclass
@@ -78,7 +81,8 @@ class BuildResult:
 
     @property
     def ok(self) -> bool:
-        return all(o.state in (CACHED, REUSED, BUILT) for o in self.outcomes.values())
+        return all(o.state in (CACHED, REUSED, BUILT) and not o.failed_checks
+                   for o in self.outcomes.values())
 
 
 class Progress:
@@ -181,7 +185,8 @@ class Builder:
                     record = self.store.action(keyed.key)
                     if record is not None and name not in force:
                         outputs[name] = record["output"]
-                        result.outcomes[name] = Outcome(name, CACHED, keyed.key, record["output"])
+                        result.outcomes[name] = Outcome(name, CACHED, keyed.key, record["output"],
+                                                        failed_checks=_failed(record))
                         self.progress.state(name, CACHED)
                         continue
                     running[pool.submit(self._run, keyed, hasher, name in force)] = name
@@ -225,7 +230,7 @@ class Builder:
             record = self.store.action(key)
             if record is not None and not forced:
                 self.progress.state(name, REUSED, "built by a concurrent build")
-                return Outcome(name, REUSED, key, record["output"])
+                return Outcome(name, REUSED, key, record["output"], failed_checks=_failed(record))
             self.progress.state(name, RUNNING)
             run_dir = self.store.temp_dir(key)
             out = run_dir / "out"
@@ -258,7 +263,8 @@ class Builder:
             if not out.is_dir():
                 return Outcome(name, FAILED, key, seconds=seconds, log=str(log),
                                error="the step wrote no output folder")
-            metrics = _read_metrics(out)
+            metrics = _read_json(out / "metrics.json", {})
+            checks = _read_json(out / "checks.json", [])
             digest = self.store.commit_output(out)
             lineage = {inp: {"step": dep, "output": keyed.components["inputs"][inp]}
                        for inp, dep in spec.deps.items()}
@@ -267,11 +273,12 @@ class Builder:
                 "module": module, "output": digest, "components": keyed.components,
                 "files": keyed.files, "formula": str(Path(self.formula).resolve()),
                 "origin": spec.origin, "started": started, "seconds": round(seconds, 3),
-                "log": str(log), "lineage": lineage, "metrics": metrics})
+                "log": str(log), "lineage": lineage, "metrics": metrics, "checks": checks})
             _remove(run_dir)
             _remove(work)
             self.progress.state(name, BUILT, f"{seconds:.1f}s")
-            return Outcome(name, BUILT, key, digest, seconds, str(log))
+            return Outcome(name, BUILT, key, digest, seconds, str(log),
+                           failed_checks=[c for c in checks if not c.get("passed")])
 
     @staticmethod
     def _input_changed(fi: FileInput, before: list[str], hasher: Hasher) -> bool:
@@ -311,14 +318,19 @@ def _write_step_yaml(path: Path, content: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_metrics(out: Path) -> dict:
-    path = out / "metrics.json"
+def _read_json(path: Path, default):
+    """A step's optional report file (`metrics.json`, `checks.json`); unreadable is absent."""
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
+            return value if isinstance(value, type(default)) else default
         except json.JSONDecodeError:
-            return {}
-    return {}
+            return default
+    return default
+
+
+def _failed(record: dict) -> list:
+    return [c for c in record.get("checks", []) if isinstance(c, dict) and not c.get("passed")]
 
 
 def _remove(path: Path) -> None:

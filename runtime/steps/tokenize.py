@@ -74,7 +74,10 @@ def encode_batch(sessions: list, max_len: int | None, truncation: str, tok=None)
             out.append({"id": s["id"], "dropped": "no_assistant_tokens"})
             continue
         meta = s.get("meta", {})
+        first = next((i for i, m in enumerate(s["messages"]) if m["role"] == "assistant"), 0)
         out.append({"id": s["id"], "input_ids": ids, "labels": labels, "truncated": truncated,
+                    # What the assistant first answered, for evals that generate.
+                    "prompt": json.dumps(s["messages"][:first], ensure_ascii=False),
                     "role": meta.get("role") or "", "outcome": meta.get("outcome") or "",
                     "bead": meta.get("bead") or ""})
     return out
@@ -133,7 +136,8 @@ def _arrow(examples: list[dict]):
         "labels": pa.ListArray.from_arrays(offsets, flat("labels")),
         **packed,
         "truncated": pa.array([bool(e["truncated"]) for e in examples], pa.bool_()),
-        **{c: pa.array([e[c] for e in examples], pa.string()) for c in ("role", "outcome", "bead")},
+        **{c: pa.array([e.get(c, "") for e in examples], pa.string())
+           for c in ("role", "outcome", "bead", "prompt")},
     })
 
 

@@ -1,0 +1,269 @@
+"""Hugging Face model folder → GGUF, written on the `gguf` package.
+
+Tensors are streamed: every tensor's header is declared from the safetensors metadata alone,
+then each tensor is read, converted and written before the next is touched, so peak memory
+stays near the largest tensor instead of the model. Reading uses safetensors' numpy view (no
+torch import) unless the weights are bf16, which numpy cannot hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2"}
+# Architectures whose Q and K weights llama.cpp expects in its own rotary layout.
+PERMUTE_QK = {"llama", "mistral"}
+OUT_TYPES = ("f32", "f16", "bf16")
+
+
+class ConvertError(Exception):
+    """A model folder this converter cannot turn into a GGUF llama.cpp will load."""
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    tensors: int
+    parameters: int
+    arch: str
+    tokenizer_pre: str
+    chat_template: str | None
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConvertError(f"{folder}: no config.json, so not a model folder")
+    return json.loads(path.read_text())
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ConvertError(f"{folder}: no model.safetensors (only safetensors weights are converted)")
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """HF's rotary layout (two halves) → llama.cpp's (interleaved pairs), per head."""
+    rows = w.shape[0]
+    return (w.reshape(heads, 2, rows // heads // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _out_type(name: str, shape: tuple[int, ...], want: str):
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    # Norms and biases (1-D) stay f32, as llama.cpp's own converter does.
+    if want == "f32" or len(shape) == 1:
+        return q.F32
+    return q.F16 if want == "f16" else q.BF16
+
+
+def _encode(arr: np.ndarray, qtype) -> np.ndarray:
+    import gguf
+
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(arr, dtype=np.float16)
+    return gguf.quants.quantize(np.asarray(arr, dtype=np.float32), qtype)
+
+
+class _Reader:
+    """One tensor at a time from (possibly sharded) safetensors."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self.where: dict[str, Path] = {}
+        self.meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for f in files:
+            header = _safetensors_header(f)
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self.where[name] = f
+                    self.meta[name] = (info["dtype"], tuple(info["shape"]))
+        self.bf16 = any(d == "BF16" for d, _ in self.meta.values())
+        self._open = {}
+        self._safe_open = safe_open
+
+    def get(self, name: str) -> np.ndarray:
+        f = self.where[name]
+        if f not in self._open:
+            self._open[f] = self._safe_open(str(f), framework="pt" if self.bf16 else "numpy")
+        t = self._open[f].get_tensor(name)
+        return t.float().numpy() if self.bf16 else t
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n))
+
+
+def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: int) -> str:
+    import gguf
+
+    tj = folder / "tokenizer.json"
+    if not tj.is_file():
+        raise ConvertError(f"{folder}: no tokenizer.json (only fast BPE tokenizers are converted)")
+    spec = json.loads(tj.read_text())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise ConvertError(f"{tj}: a {model.get('type')} tokenizer"
+                           f"{' with byte fallback' if model.get('byte_fallback') else ''}; "
+                           "this converter writes byte-level BPE tokenizers only")
+    pre = _pre_tokenizer(spec, model_type)
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    for content, t in added.items():
+        vocab[content] = t["id"]
+    by_id = {i: s for s, i in vocab.items()}
+    if max(by_id) >= vocab_size:
+        raise ConvertError(f"{tj}: token id {max(by_id)} does not fit the model's vocab_size {vocab_size}")
+    tokens, types = [], []
+    T = gguf.TokenType
+    for i in range(vocab_size):
+        s = by_id.get(i)
+        if s is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(T.UNUSED)
+        elif s in added:
+            tokens.append(s)
+            types.append(T.CONTROL if added[s].get("special") else T.USER_DEFINED)
+        else:
+            tokens.append(s)
+            types.append(T.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    # BPE has no scores; llama.cpp reads them anyway, so write the neutral ones its converter does.
+    writer.add_token_scores([0.0] * vocab_size)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    if not special.merges:
+        raise ConvertError(f"{tj}: a BPE tokenizer without merges")
+    special.add_to_gguf(writer, quiet=True)
+    return pre
+
+
+def _pre_tokenizer(spec: dict, model_type: str) -> str:
+    """llama.cpp's name for the pre-tokenizer; it splits text before BPE, so a wrong one
+    tokenizes differently without failing."""
+    pre = spec.get("pre_tokenizer") or {}
+    kinds = [p.get("type") for p in pre.get("pretokenizers", [pre])]
+    if model_type == "qwen2":
+        return "qwen2"
+    if kinds == ["ByteLevel"] and pre.get("use_regex", True):
+        return "gpt-2"
+    if "Split" in kinds:
+        pattern = json.dumps(pre)
+        if "\\\\p{N}{1,3}" in pattern:
+            return "llama-bpe"
+        if "\\\\p{N}" in pattern:
+            return "qwen2"
+    raise ConvertError(f"unrecognised pre-tokenizer {kinds}; llama.cpp would tokenize differently")
+
+
+def convert(folder: Path, out: Path, out_type: str = "f16") -> Converted:
+    """Write `folder` as a GGUF at `out`. Raises ConvertError for what it cannot convert."""
+    import gguf
+
+    if out_type not in OUT_TYPES:
+        raise ConvertError(f"output type `{out_type}`: choose one of {', '.join(OUT_TYPES)}")
+    folder = Path(folder)
+    config = _config(folder)
+    model_type = config.get("model_type", "")
+    if model_type not in ARCHS:
+        raise ConvertError(f"{folder}: model type `{model_type}` is not converted "
+                           f"(supported: {', '.join(sorted(ARCHS))})")
+    arch = getattr(gguf.MODEL_ARCH, ARCHS[model_type])
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
+    layers = config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    hidden = config["hidden_size"]
+    head_dim = config.get("head_dim") or hidden // heads
+    rope = config.get("rope_parameters") or {}
+    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    if (rope.get("rope_type") or "default") != "default":
+        raise ConvertError(f"{folder}: rope scaling `{rope.get('rope_type')}` is not converted")
+    vocab_size = config["vocab_size"]
+
+    reader = _Reader(_weight_files(folder))
+    names = gguf.get_tensor_name_map(arch, layers)
+    tied = config.get("tie_word_embeddings", False)
+    plan: list[tuple[str, str, object]] = []  # (hf name, gguf name, type)
+    for hf_name in sorted(reader.meta, key=_layer_order):
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ConvertError(f"{folder}: tensor `{hf_name}` has no GGUF name for {arch_name}")
+        _, shape = reader.meta[hf_name]
+        plan.append((hf_name, name, _out_type(name, shape, out_type)))
+
+    writer = gguf.GGUFWriter(path=None, arch=arch_name)
+    writer.add_name(config.get("_name_or_path") or folder.name)
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != hidden // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_vocab_size(vocab_size)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "bf16": gguf.LlamaFileType.MOSTLY_BF16}[out_type])
+    pre = _tokenizer(writer, folder, config, model_type, vocab_size)
+    template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file() else None
+
+    parameters = 0
+    for hf_name, name, qtype in plan:
+        _, shape = reader.meta[hf_name]
+        parameters += int(np.prod(shape))
+        nbytes = gguf.quant_shape_to_byte_shape(shape, qtype)[-1] * int(np.prod(shape[:-1]))
+        raw = np.uint16 if qtype == gguf.GGMLQuantizationType.BF16 else (
+            np.float16 if qtype == gguf.GGMLQuantizationType.F16 else np.float32)
+        writer.add_tensor_info(name, shape, np.dtype(raw), nbytes,
+                               raw_dtype=qtype if raw is np.uint16 else None)
+
+    out = Path(out)
+    writer.open_output_file(out)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for hf_name, name, qtype in plan:
+        arr = reader.get(hf_name)
+        if model_type in PERMUTE_QK and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            arr = _permute(arr, heads)
+        elif model_type in PERMUTE_QK and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            arr = _permute(arr, kv_heads)
+        writer.write_tensor_data(_encode(arr, qtype))
+        del arr
+    writer.close()
+    return Converted(out, len(plan), parameters, arch_name, pre, template)
+
+
+def _layer_order(name: str) -> tuple:
+    """Embeddings, then blocks in numeric order, then the head: llama.cpp's usual layout."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit() and i > 0 and parts[i - 1] == "layers":
+            return (1, int(p), name)
+    return (0 if "embed" in name else 2, 0, name)

@@ -1,0 +1,69 @@
+"""The gguf step: one GGUF file per quantization type of an `export` block.
+
+f32, f16 and bf16 are written by our streaming converter; every other type is written as f32
+first (in the work folder) and quantized by llama.cpp's own quantizer, which refuses rows the
+type cannot take instead of falling back. The file's chat template must be the model folder's,
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from formula.runtime.step import fail, step_entry
+
+LIBRARIES = ("gguf", "llama_cpp_python", "safetensors", "numpy")
+
+
+@dataclass
+class Config:
+    export: str = "gguf"
+    quant: str = "f16"
+    format: str = "gguf"
+
+
+def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    from formula.runtime.export.convert import OUT_TYPES, ConvertError, convert
+    from formula.runtime.export.llama import metadata, tensor_types
+    from formula.runtime.export.quantize import quantize
+
+    model = Path(inputs["model"])
+    out = output / "model.gguf"
+    try:
+        if cfg.quant in OUT_TYPES:
+            converted = convert(model, out, cfg.quant)
+        else:
+            f32 = work / "model-f32.gguf"
+            converted = convert(model, f32, "f32")
+            quantize(f32, out, cfg.quant)
+            f32.unlink()
+    except ConvertError as e:
+        fail(f"export `{cfg.export}` ({cfg.quant}): {e}")
+    meta = metadata(out)
+    written = meta.get("tokenizer.chat_template")
+    folder_template = model / "chat_template.jinja"
+    expected = folder_template.read_text(encoding="utf-8") if folder_template.is_file() else None
+    if written != expected:
+        fail(f"export `{cfg.export}` ({cfg.quant}): the chat template in {out.name} differs from "
+             f"{folder_template}; the served model would not see the template it was trained with")
+    template_sha = hashlib.sha256(expected.encode()).hexdigest() if expected else None
+    info = {"quant": cfg.quant, "arch": converted.arch, "tokenizer_pre": converted.tokenizer_pre,
+            "parameters": converted.parameters, "tensors": converted.tensors,
+            "tensor_types": tensor_types(out), "bytes": out.stat().st_size,
+            "template_sha256": template_sha}
+    (output / "gguf.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    (output / "metrics.json").write_text(json.dumps({
+        "bytes": info["bytes"], "parameters": info["parameters"], "template_sha256": template_sha,
+        "bits_per_weight": round(8 * info["bytes"] / max(1, info["parameters"]), 3)}))
+    for name in ("README.md", "lineage.json"):
+        if (model / name).is_file():
+            (output / name).write_bytes((model / name).read_bytes())
+
+
+main = step_entry(Config, run)
+
+if __name__ == "__main__":
+    main()
