@@ -151,6 +151,11 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
     _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
+    from formula.cli.report import write_report
+
+    build = store.latest(ns.formula)
+    if build and build.get("steps"):
+        print(f"report: {write_report(store, build)}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERRORS
 
 
@@ -313,6 +318,51 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _latest_build(ns):
+    store = _store(ns.formula, ns.store)
+    if store is None:
+        return None, None
+    build = store.latest(ns.formula)
+    if not build or not build.get("steps"):
+        print(f"formula: {ns.formula} has not been built in {store.root} yet; run "
+              f"`formula build {ns.formula}`", file=sys.stderr)
+        return store, None
+    return store, build
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from formula.cli.report import write_report
+
+    store, build = _latest_build(ns)
+    if build is None:
+        return EXIT_USAGE
+    print(write_report(store, build))
+    return EXIT_OK
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from formula.cli.serve import choose_target, serve
+
+    store, build = _latest_build(ns)
+    if build is None:
+        return EXIT_USAGE
+    step, ggufs = choose_target(build["steps"], ns.target)
+    if step is None:
+        print(f"formula serve: " + (f"no GGUF step matches `{ns.target}`; built: {', '.join(ggufs)}"
+                                    if ggufs else f"the latest build of {ns.formula} has no GGUF; "
+                                    "add an `export` block and build"), file=sys.stderr)
+        return EXIT_USAGE
+    record = store.action(build["steps"][step])
+    path = store.object_path(record["output"]) / "model.gguf" if record else None
+    if path is None or not path.is_file():
+        print(f"formula serve: {step}'s artifact is missing from the store; build again", file=sys.stderr)
+        return EXIT_ERRORS
+    if not build.get("ok"):
+        print(f"formula serve: warning: the latest build of {ns.formula} did not pass; serving "
+              f"{step} as built", file=sys.stderr)
+    return serve(path, ns.host, ns.port)
+
+
 def cmd_show(ns: argparse.Namespace) -> int:
     store = _store(None, ns.store)
     if store is None:
@@ -427,6 +477,21 @@ def add_commands(sub) -> None:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--store")
         p.set_defaults(func=func)
+    p = sub.add_parser("serve", help="serve a built GGUF over the OpenAI API (llama.cpp)",
+                       description="Serve the latest build's GGUF through llama-cpp-python's "
+                                   "OpenAI-compatible server, with the chat template embedded in it.")
+    p.add_argument("formula")
+    p.add_argument("--target", help="a GGUF step or its quant (default: the most compressed)")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("report", help="write the latest build's report and print its path",
+                       description="Write the Markdown report of the latest build (steps, checks, "
+                                   "curves) and print its path.")
+    p.add_argument("formula")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
                        "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
     p.add_argument("ref")

@@ -147,7 +147,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-BUILD_COMMANDS = {"plan", "build", "explain", "graph", "ls", "show", "tag", "gc", "verify"}
+BUILD_COMMANDS = {"plan", "build", "explain", "graph", "ls", "show", "tag", "gc", "verify", "serve",
+                  "report"}
 
 
 def _wants_build_commands(argv: list[str]) -> bool:

@@ -161,14 +161,17 @@ def score(scorer: str, output: str, case: dict) -> bool:
         except (ValueError, jsonschema.ValidationError):
             return False
         return True
-    if scorer == "tool_call":  # the templates' convention: <tool_call>\n{"name", "arguments"}\n</tool_call>
-        m = re.search(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", output, re.S)
+    if scorer == "tool_call":
+        # The templates' convention, <tool_call>\n{"name", "arguments"}\n</tool_call>; the
+        # case's `tool`, when given, names the tool it must call.
+        m = re.search(r"<tool_call>\s*(.*?)\s*</tool_call>", output, re.S)
         try:
             call = json.loads(m.group(1)) if m else None
         except ValueError:
             return False
         return (isinstance(call, dict) and isinstance(call.get("name"), str)
-                and isinstance(call.get("arguments"), dict) and (expect is None or call["name"] == expect))
+                and isinstance(call.get("arguments"), dict)
+                and case.get("tool") in (None, call["name"]))
     raise ValueError(scorer)
 
 

@@ -1,0 +1,183 @@
+"""GGUF export: the converter and quantizer against transformers, on the example's trained model.
+Figures are printed (run with -s to see them)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import artifact
+
+pytest.importorskip("llama_cpp")
+
+from formula.runtime.export.convert import ConvertError, convert  # noqa: E402
+from formula.runtime.export.llama import logits, metadata, open_gguf  # noqa: E402
+from formula.runtime.export.quantize import quantize  # noqa: E402
+
+STRINGS = [
+    "def merge(queue):\n    for bead in queue:\n        yield bead.id  # gt-123\n",
+    "naïve café — 東京 🚀 Ünïcödé",
+    "spaces:    four\t\ttabs\n\n\nthree newlines   trailing   ",
+    "<|im_start|>user\nMerge the queue for gastown.<|im_end|>\n<|im_start|>assistant\n",
+    "x=1;y=2\r\nprint(x+y)  1234567890 3.14159",
+    "",
+]
+PROMPTS = ["Merge the queue for gastown.", "Check on the polecats working in beads.",
+           "Review the cache change on my branch.", "Which beads block the gastown release?",
+           "Fix the off-by-one in parser.py that bead gt-42 reports.", "Hello"]
+
+
+@pytest.fixture(scope="module")
+def assembled(built_example):
+    project, store = built_example
+    return artifact(project, store, "assemble.tiny_chat"), project, store
+
+
+def hf(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def hf_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def prompt_ids(tok, prompt):
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                   add_generation_prompt=True)
+    return text, tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_llama_cpp_tokenizes_like_transformers(assembled):
+    folder, project, store = assembled
+    tok, _ = hf(folder)
+    gguf = artifact(project, store, "gguf.gguf.f16") / "model.gguf"
+    with open_gguf(gguf, vocab_only=True) as llm:
+        for s in STRINGS:
+            ours = llm.tokenize(s.encode(), add_bos=False, special=True)
+            assert ours == tok(s, add_special_tokens=False)["input_ids"], s
+    print(f"\ntokenization: {len(STRINGS)} strings identical")
+
+
+@pytest.mark.parametrize("out_type,tolerance", [("f32", 1e-3), ("f16", 2e-2)])
+def test_last_position_logits_match(assembled, tmp_path, out_type, tolerance):
+    folder, _, _ = assembled
+    tok, model = hf(folder)
+    path = convert(folder, tmp_path / f"m-{out_type}.gguf", out_type).path
+    worst = 0.0
+    with open_gguf(path, logits_all=True) as llm:
+        for p in PROMPTS:
+            _, ids = prompt_ids(tok, p)
+            diff = np.abs(logits(llm, ids)[-1] - hf_logits(model, ids)[-1]).max()
+            worst = max(worst, float(diff))
+    print(f"\n{out_type}: max abs last-position logit difference {worst:.3g} (limit {tolerance})")
+    assert worst < tolerance
+
+
+def test_q8_0_keeps_the_top_token(assembled):
+    folder, project, store = assembled
+    tok, model = hf(folder)
+    gguf = artifact(project, store, "gguf.gguf.q8_0") / "model.gguf"
+    agree = 0
+    with open_gguf(gguf, logits_all=True) as llm:
+        for p in PROMPTS:
+            _, ids = prompt_ids(tok, p)
+            agree += int(logits(llm, ids)[-1].argmax() == hf_logits(model, ids)[-1].argmax())
+    print(f"\nq8_0: top-1 agrees on {agree}/{len(PROMPTS)} prompts")
+    assert agree == len(PROMPTS)
+
+
+def test_bf16_output_loads_and_agrees(assembled, tmp_path):
+    folder, _, _ = assembled
+    tok, model = hf(folder)
+    path = convert(folder, tmp_path / "m-bf16.gguf", "bf16").path
+    with open_gguf(path, logits_all=True) as llm:
+        _, ids = prompt_ids(tok, PROMPTS[0])
+        assert logits(llm, ids)[-1].argmax() == hf_logits(model, ids)[-1].argmax()
+    types = {t for t in json.loads(json.dumps(_types(path)))}
+    assert "BF16" in types and "F32" in types  # matrices bf16, norms f32
+
+
+def _types(path):
+    from formula.runtime.export.llama import tensor_types
+
+    return tensor_types(path)
+
+
+def test_the_gguf_carries_the_trained_template(assembled):
+    folder, project, store = assembled
+    template = (folder / "chat_template.jinja").read_text()
+    for step in ("gguf.gguf.f16", "gguf.gguf.q8_0"):
+        out = artifact(project, store, step)
+        assert metadata(out / "model.gguf")["tokenizer.chat_template"] == template
+        info = json.loads((out / "gguf.json").read_text())
+        stats = json.loads((artifact(project, store, "tokenize.sessions.tiny") / "stats.json").read_text())
+        assert info["template_sha256"] == stats["template_sha256"]
+    meta = metadata(artifact(project, store, "gguf.gguf.q8_0") / "model.gguf")
+    assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.pre"] == "gpt-2"
+
+
+def _random_model(folder: Path, source: Path, arch: str, hidden: int, heads: int, kv: int, ffn: int):
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(source)
+    cls, cfg = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[arch]
+    torch.manual_seed(0)
+    config = cfg(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
+                 num_key_value_heads=kv, intermediate_size=ffn, max_position_embeddings=512,
+                 tie_word_embeddings=False, eos_token_id=tok.eos_token_id)
+    cls(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+def test_qwen2_converts_with_parity(assembled, tmp_path):
+    folder, _, _ = assembled
+    q = _random_model(tmp_path / "qwen2", folder, "qwen2", 128, 4, 2, 256)
+    tok, model = hf(q)
+    path = convert(q, tmp_path / "q.gguf", "f32").path
+    with open_gguf(path, logits_all=True) as llm:
+        for s in STRINGS[:3]:
+            assert llm.tokenize(s.encode(), add_bos=False, special=True) == \
+                tok(s, add_special_tokens=False)["input_ids"]
+        _, ids = prompt_ids(tok, PROMPTS[0])
+        diff = float(np.abs(logits(llm, ids)[-1] - hf_logits(model, ids)[-1]).max())
+    print(f"\nqwen2 f32: max abs logit difference {diff:.3g}")
+    assert diff < 1e-3
+
+
+def test_quantizing_rows_the_type_cannot_take_is_an_error(assembled, tmp_path):
+    folder, _, _ = assembled
+    odd = _random_model(tmp_path / "odd", folder, "llama", 80, 4, 2, 160)  # rows of 80, 160
+    f32 = convert(odd, tmp_path / "odd.gguf", "f32").path
+    with pytest.raises(ConvertError, match="rows divisible by 32"):
+        quantize(f32, tmp_path / "odd-q8.gguf", "q8_0")
+    with pytest.raises(ConvertError, match="rows divisible by 256"):
+        quantize(f32, tmp_path / "odd-q4.gguf", "q4_k_m")
+    assert not (tmp_path / "odd-q8.gguf").exists()
+
+
+def test_k_quants_on_shapes_that_fit(assembled, tmp_path):
+    folder, project, store = assembled
+    f32 = convert(folder, tmp_path / "m.gguf", "f32").path
+    for q in ("q4_k_m", "q6_k", "q5_k_m", "q4_0"):
+        quantize(f32, tmp_path / f"m-{q}.gguf", q)
+        types = _types(tmp_path / f"m-{q}.gguf")
+        assert not {"F16", "BF16"} & set(types), (q, types)
+
+
+def test_what_the_converter_refuses(tmp_path):
+    with pytest.raises(ConvertError, match="no config.json"):
+        convert(tmp_path, tmp_path / "x.gguf")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ConvertError, match="model type `gpt2` is not converted"):
+        convert(tmp_path, tmp_path / "x.gguf")
