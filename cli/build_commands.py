@@ -291,8 +291,10 @@ def _resolve_ref(store, ref: str):
     if ":" in ref:
         head, step = ref.split(":", 1)
         builds = store.tags()
-        build = builds.get(head) or next((b for b in store.builds() if b.get("name") == head
-                                          or Path(b.get("formula", "")).stem == head), None)
+        # A formula name may be built in several projects sharing a store: the latest wins.
+        build = builds.get(head) or max((b for b in store.builds() if b.get("name") == head
+                                         or Path(b.get("formula", "")).stem == head),
+                                        key=lambda b: b.get("time", 0), default=None)
         if build is None or step not in build.get("steps", {}):
             return None
         return store.action(build["steps"][step])

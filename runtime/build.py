@@ -244,9 +244,18 @@ class Builder:
                 "hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None,
                           "job": {"chdir": False}}})
             task = Task(name, module, run_dir, "step", log, self.env)
+            upstream = [self.store.object_path(keyed.components["inputs"][inp]) for inp in spec.deps]
+            before = {p: _listing(p) for p in upstream}
             started = time.time()
             status = self.executor.run(task)
             seconds = time.time() - started
+            touched = _undo_writes(before)
+            if touched:
+                self.progress.state(name, FAILED, "it wrote into an input")
+                return Outcome(name, FAILED, key, seconds=seconds, log=str(log), rerun=task.shell_command(),
+                               error="the step wrote into a stored input, which must stay as built: "
+                                     + ", ".join(touched[:3]) + " (files it added were removed; "
+                                     "`formula verify` checks the rest)")
             if status != 0:
                 self.progress.state(name, FAILED, f"exit status {status}")
                 return Outcome(name, FAILED, key, seconds=seconds, log=str(log),
@@ -316,6 +325,27 @@ def _write_step_yaml(path: Path, content: dict) -> None:
     tmp.write_text(f"# {content['config'].get('name', '')} step configuration, written by formula build\n"
                    + OmegaConf.to_yaml(OmegaConf.create(content)))
     os.replace(tmp, path)
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {os.path.relpath(os.path.join(d, f), folder): (st.st_size, st.st_mtime_ns)
+            for d, _, fs in os.walk(folder) for f in fs
+            for st in (os.stat(os.path.join(d, f)),)}
+
+
+def _undo_writes(before: dict[Path, dict]) -> list[str]:
+    """Stored objects are immutable, but a step runs with the user's permissions and a library
+    may write beside what it reads (a dataset's cache files). By stat, which is cheap: files
+    added to an input are removed again; changed ones are reported."""
+    touched = []
+    for folder, listing in before.items():
+        now = _listing(folder)
+        for rel in sorted(set(now) - set(listing)):
+            os.unlink(folder / rel)
+            touched.append(f"{folder.name[:12]}/{rel} (added)")
+        touched += [f"{folder.name[:12]}/{rel} (changed)" for rel in sorted(listing)
+                    if rel in now and now[rel] != listing[rel]]
+    return touched
 
 
 def _read_json(path: Path, default):

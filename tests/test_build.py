@@ -219,6 +219,16 @@ def test_a_failing_step_shows_its_log_and_how_to_rerun_it(project):
     assert steps_of(project.ran()) == {"train.sft", "assemble.merged", "gguf.gguf.q8_0", "eval.gate"}
 
 
+def test_a_step_that_writes_into_its_input_fails_and_the_input_stays_as_built(project):
+    project.edit("var lr: float = 1e-4", "var lr: float = 5e-4")
+    r = project.build(env={"FAKE_WRITE_INPUT_TRAIN": "1"}, check=False)
+    assert r.returncode == 1
+    assert "step train.sft failed: the step wrote into a stored input" in r.stderr
+    assert "cache-1234.arrow (added)" in r.stderr
+    assert "clean" in project.formula_cmd("verify").stderr  # the added file was taken out again
+    project.build()
+
+
 def test_sigkill_mid_step_then_the_next_build_reruns_only_that_step(project):
     project.edit("var lr: float = 1e-4", "var lr: float = 7e-4")
     proc = subprocess.Popen([sys.executable, "-m", "formula.cli", "build", "small.formula", "--plain"],

@@ -119,6 +119,7 @@ def rows(data: Path, split: str, where: dict | None) -> list[dict]:
 
     from formula.runtime.corpus.predicate import matches
 
+    datasets.disable_caching()  # the data folder is a stored input: nothing may be written into it
     ds = datasets.load_from_disk(str(data / split))
     return [r for r in ds if matches(where, {"role": r.get("role") or None,
                                               "outcome": r.get("outcome") or None,

@@ -93,6 +93,7 @@ def sft_data(cfg: Config, data_dir: Path):
     import datasets
 
     split = cfg.data.get("split", "train")
+    datasets.disable_caching()  # the data folder is a stored input: nothing may be written into it
     ds = datasets.load_from_disk(str(data_dir / split))
     where = cfg.data.get("where")
     if where is not None:

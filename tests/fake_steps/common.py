@@ -38,6 +38,10 @@ def make(kind: str):
         if os.environ.get(f"FAKE_FAIL_{upper}"):
             print(f"fake {kind} step failing on purpose", file=sys.stderr)
             raise SystemExit(4)
+        if os.environ.get(f"FAKE_WRITE_INPUT_{upper}"):  # as a library's cache file would
+            for path in inputs.values():
+                if Path(path).is_dir():
+                    (Path(path) / "cache-1234.arrow").write_text("cache")
         slow = float(os.environ.get(f"FAKE_SLEEP_{upper}", "0"))
         # A step that checkpoints: resumes from work/progress if a previous run was killed.
         progress = work / "progress"
