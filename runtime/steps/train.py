@@ -22,6 +22,7 @@ from typing import Any, Optional
 from formula.runtime.corpus.predicate import matches
 from formula.runtime.step import fail, step_entry
 
+PROCESS_START = time.time()
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors")
 
 
@@ -153,12 +154,13 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
 
 
-def plot(metrics: Path, png: Path, title: str) -> None:
+def plot(metrics: str | Path, png: str | Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = Path(metrics)
     rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()] if metrics.exists() else []
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", linewidth=1)
@@ -169,6 +171,30 @@ def plot(metrics: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+
+
+class PlotHelper:
+    """Renders the loss curve in a helper process started with the step, so that importing
+    matplotlib (~0.4 s) happens on the other core while torch loads, not after training."""
+
+    CODE = ("import json, sys\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot\n"
+            "from formula.runtime.steps.train import plot\nplot(*json.loads(sys.stdin.read()))\n")
+
+    def __init__(self):
+        from formula.runtime.step import kill_on_parent_death
+
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE, text=True,
+                                     preexec_fn=kill_on_parent_death)
+
+    def render(self, metrics: Path, png: Path, title: str) -> None:
+        self.proc.communicate(json.dumps([str(metrics), str(png), title]))
+        if self.proc.returncode != 0 or not png.is_file():
+            fail(f"the loss curve could not be drawn (helper exit status {self.proc.returncode})")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def trainer_args(cfg: Config, work: Path, cls, cuda: bool, bf16: bool):
@@ -192,6 +218,15 @@ def trainer_args(cfg: Config, work: Path, cls, cuda: bool, bf16: bool):
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
         return launch(cfg)
+    plotter = PlotHelper() if rank() == 0 else None
+    try:
+        train_stage(cfg, inputs, output, work, plotter)
+    finally:
+        if plotter is not None:
+            plotter.close()
+
+
+def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, plotter) -> None:
     import torch
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -223,9 +258,11 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
                              train_dataset=data, processing_class=tok, peft_config=peft_config,
                              callbacks=[log.callback])
     started = time.time()
+    print(f"[formula] ready to train {started - PROCESS_START:.2f}s after the process started; {torch.get_num_threads()} threads", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     if rank() != 0:
         return
+    print(f"[formula] trained in {time.time() - started:.2f}s", file=sys.stderr)
     trained = trainer.model
     if peft_config is not None:
         trained.save_pretrained(output / "adapter")
@@ -240,12 +277,13 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         shutil.copy(work / "metrics.jsonl", output / "metrics.jsonl")
     else:
         (output / "metrics.jsonl").write_text("")
-    plot(output / "metrics.jsonl", output / "loss.png", f"{cfg.method} stage `{cfg.name}`")
+    plotter.render(output / "metrics.jsonl", output / "loss.png", f"{cfg.method} stage `{cfg.name}`")
     start_lineage = Path(inputs["model"]) / "lineage.json"
     (output / "lineage.json").write_text(json.dumps({
         "stage": cfg.name, "method": cfg.method, "adapter": cfg.adapter, "data": cfg.data,
         "starts_from": json.loads(start_lineage.read_text()) if start_lineage.exists() else cfg.base_model,
     }, indent=1, sort_keys=True))
+    print(f"[formula] saved and plotted {time.time() - started:.2f}s after training started", file=sys.stderr)
     (output / "metrics.json").write_text(json.dumps({
         "train_loss": round(result.training_loss, 5), "steps": result.global_step,
         "seconds": round(time.time() - started, 2), "resumed": resume,
