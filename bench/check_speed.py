@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result import result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 7
@@ -69,6 +71,8 @@ def main() -> None:
     for name, value, target in rows:
         print(f"{name:<34} {value * 1000:>7.0f}ms {target * 1000:>7.0f}ms  {'yes' if value <= target else 'NO'}")
     print(f"(bare python start-up: {bare * 1000:.0f} ms; median of {RUNS} runs each)")
+    for name, value, target in rows:
+        result(name, round(value * 1000, 1), "ms", f"<= {target * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from result import result  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 PATCH = """
@@ -120,7 +123,7 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, floa
     return wall, usage.ru_maxrss / 1024, inner
 
 
-def drop_page_cache_of(path: Path) -> None:
+def warm_page_cache(path: Path) -> None:
     """Read the file once so every side starts with it in the page cache (fair, not cold)."""
     with open(path, "rb") as fh:
         while fh.read(1 << 24):
@@ -158,7 +161,7 @@ def main() -> None:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
         runs = {"copy": [], "ours": [], "theirs": []}
         for round_ in range(4):  # round 0 warms the page cache and imports; the best of 1-3 counts
-            drop_page_cache_of(weights)
+            warm_page_cache(weights)
             for f in ("copy.bin", "ours.gguf", "theirs.gguf"):
                 (tmp / f).unlink(missing_ok=True)
             copy = measure([sys.executable, str(tmp / "plain_copy.py"), str(weights), str(tmp / "copy.bin")], env)
@@ -180,6 +183,12 @@ def main() -> None:
               f"(target <= 0.5)")
         print(f"ours / plain copy: {ow / cw:.2f} whole process, {oi / ci:.2f} conversion alone "
               f"(target <= 1.5; the difference is importing numpy and gguf, ~0.1 s)")
+        result("GGUF f16 conversion wall", round(ow, 3), "s", "<= 1.0x", round(tw, 3), "convert_hf_to_gguf.py",
+               round(ow / tw, 3))
+        result("GGUF conversion peak memory", round(om), "MB", "<= 0.5x", round(tm), "convert_hf_to_gguf.py",
+               round(om / tm, 3))
+        result("GGUF conversion vs plain copy", round(oi, 3), "s", "<= 1.5x", round(ci, 3), "shutil.copyfile",
+               round(oi / ci, 3))
 
 
 def check_same(ours: Path, theirs: Path) -> None:

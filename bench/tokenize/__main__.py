@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from result import result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -124,6 +126,8 @@ def main() -> None:
     print(f"{'TRL':<10}{trl_s:>10.2f}{trl_rate:>14,.0f}")
     print(f"ratio (ours / TRL): {our_rate / trl_rate:.2f}  (target >= 1.0: "
           f"{'met' if our_rate / trl_rate >= 1.0 else 'NOT met'})")
+    result("tokenize throughput", round(our_rate), "tokens/s", "ratio >= 1.0", round(trl_rate), "TRL SFT prep",
+           round(our_rate / trl_rate, 3))
 
 
 if __name__ == "__main__":

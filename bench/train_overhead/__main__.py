@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from result import result  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 PLAIN = """
@@ -93,6 +96,9 @@ def main() -> None:
         print(f"{'formula build (train step)':28}{ow:>10.2f}{om:>10.0f}")
         print(f"{'plain trl script':28}{pw:>10.2f}{pm:>10.0f}")
         print(f"wall ratio {ow / pw:.3f} (target <= 1.05); peak memory ratio {om / pm:.3f} (target <= 1.10)")
+        result("train step wall", round(ow, 2), "s", "<= 1.05x", round(pw, 2), "plain trl script", round(ow / pw, 3))
+        result("train step peak memory", round(om), "MB", "<= 1.10x", round(pm), "plain trl script",
+               round(om / pm, 3))
         print("runs (wall s): ours " + ", ".join(f"{r[0]:.2f}" for r in ours_runs)
               + "; plain " + ", ".join(f"{r[0]:.2f}" for r in plain_runs))
 
