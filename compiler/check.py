@@ -15,6 +15,8 @@ from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
 from .format import expr_text
 from .evaluate import INVALID, BlockRef, Evaluator, FuncValue, _kind_article
 from .resolve import BlockDef, Program, Scope
+from . import chat_template
+from .chat_template import shown
 from .schema import QUANT_TYPES, SCHEMAS, VAR_TYPES, BlockSchema
 
 
@@ -300,9 +302,53 @@ class _Checker:
             return None
         template = (plan.FileTemplate(self._path(b, tmpl.args["path"])) if isinstance(tmpl, FuncValue)
                     else plan.NamedTemplate(tmpl))
+        span = c.nodes["template"].value.span if "template" in c.nodes else b.name.span
+        if not self._template_fits(b, template, source, tokenizer, span):
+            return None
         if INVALID in (v.get("dtype"),):
             return None
         return plan.ModelPlan(b.qualified, source, tokenizer, template, v["dtype"], self._origin(b))
+
+    def _template_fits(self, b: BlockDef, template, source, tokenizer, span) -> bool:
+        """Template against tokenizer, where both can be known without building: a named
+        template, a template file, and a tokenizer in a local folder or made by `train_bpe`."""
+        from formula.runtime.templates import NAMED
+
+        if isinstance(template, plan.FileTemplate):
+            try:
+                with open(template.path, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as exc:
+                self.err("template-file", f"cannot read the chat template {shown(template.path)}: "
+                         f"{exc.strerror or exc}", span, "this file", help="check the path (relative to the formula)")
+                return False
+            if isinstance(tokenizer, plan.TrainedTokenizer):
+                self.err("template-trained-tokenizer", "a tokenizer made by `train_bpe` knows the special "
+                         "tokens of a named template only", span, "a template file",
+                         help="use `template = chatml` or `template = llama3` with `train_bpe`")
+                return False
+        elif template.name in NAMED:
+            text = NAMED[template.name]
+        else:
+            text = None
+        folder = (tokenizer.dir if isinstance(tokenizer, plan.PathSource) else
+                  source.dir if isinstance(tokenizer, plan.OwnTokenizer) and isinstance(source, plan.PathSource)
+                  else None)
+        tok = chat_template.local_tokenizer(folder) if folder else None
+        if text is None:  # `own`: the base model's, readable when the model is local
+            text = tok.template if tok else None
+            if text is None:
+                return True
+        ok = True
+        for code, message, help_ in chat_template.problems(chat_template.analyse(text), tok, self._masks(b)):
+            self.err(code, message, span, "this template", help=help_)
+            ok = False
+        return ok
+
+    def _masks(self, model: BlockDef) -> bool:
+        """Whether a stage that trains from this model keeps the loss on assistant turns only."""
+        stages = [c for c in self.checked.values() if c.block.kind.name == "stage"]
+        return not stages or any(c.values.get("assistant_only", True) is not False for c in stages)
 
     def _source(self, b: BlockDef, f: FuncValue) -> plan.TranscriptSource | plan.GastownSource:
         if f.name == "gastown":

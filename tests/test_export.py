@@ -181,3 +181,45 @@ def test_what_the_converter_refuses(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ConvertError, match="model type `gpt2` is not converted"):
         convert(tmp_path, tmp_path / "x.gguf")
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are the refinery of gastown."},
+    {"role": "user", "content": "Merge the queue for gastown."},
+    {"role": "assistant", "content": "Merged gt-12 from polecat/nux into main; the queue is empty."},
+    {"role": "user", "content": "Anything   left?\n\tCheck again — naïvely 🚀"},
+]
+
+
+def test_llama_cpp_renders_the_embedded_template_to_the_same_ids(assembled):
+    """The served path (llama.cpp's chat formatter on the GGUF's own template) against the
+    trained path (transformers on the assembled folder), token for token."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    folder, project, store = assembled
+    tok, _ = hf(folder)
+    expected = tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    expected_ids = tok(expected, add_special_tokens=False)["input_ids"]
+    gguf = artifact(project, store, "gguf.gguf.q8_0") / "model.gguf"
+    meta = metadata(gguf)
+    with open_gguf(gguf, vocab_only=True) as llm:
+        eos = llm.detokenize([llm.token_eos()], special=True).decode()
+        formatter = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=eos, bos_token="")
+        prompt = formatter(messages=CONVERSATION).prompt
+        assert prompt == expected
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == expected_ids
+    print(f"\nconversation of {len(CONVERSATION)} turns: {len(expected_ids)} ids identical")
+
+
+def test_every_artifact_after_tokenization_shows_one_template_hash(assembled):
+    from conftest import run_formula
+
+    _, project, store = assembled
+    seen = {}
+    for step in ("tokenize.sessions.tiny", "train.lm", "train.sft", "train.dpo", "assemble.tiny_chat",
+                 "gguf.gguf.f16", "gguf.gguf.q8_0", "eval.gate"):
+        shown = run_formula(project, store, "show", f"tiny:{step}").stdout
+        line = next((l for l in shown.splitlines() if "template_sha256" in l), None)
+        assert line, f"{step}: no template hash in `formula show`"
+        seen[step] = line.split()[-1]
+    assert len(set(seen.values())) == 1, seen

@@ -78,8 +78,15 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     metrics = json.loads((stage / "metrics.json").read_text()) if (stage / "metrics.json").exists() else {}
     (output / "lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True))
     (output / "README.md").write_text(card(cfg, lineage, metrics))
+    from formula.runtime.templates import template_hash
+
+    saved = output / "chat_template.jinja"
+    template = saved.read_text(encoding="utf-8") if saved.is_file() else None
+    if template != tok.chat_template:
+        fail(f"assemble `{cfg.name}`: {saved} does not hold the stage's chat template")
     (output / "metrics.json").write_text(json.dumps({"parameters": sum(p.numel() for p in model.parameters()),
-                                                     "dtype": cfg.dtype}))
+                                                     "dtype": cfg.dtype,
+                                                     "template_sha256": template_hash(template) if template else None}))
 
 
 main = step_entry(Config, run)

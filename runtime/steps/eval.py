@@ -283,7 +283,18 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     flat = {k: round(v["value"], 6) for k, v in measured.items()}
     flat["gates_passed"] = sum(g["passed"] for g in gates)
     flat["gates_failed"] = sum(not g["passed"] for g in gates)
+    flat["template_sha256"] = template_of(Path(inputs["on"]))
     (output / "metrics.json").write_text(json.dumps(flat, sort_keys=True))
+
+
+def template_of(path: Path) -> str | None:
+    """The sha256 of the chat template the measured model carries (GGUF or folder)."""
+    from formula.runtime.templates import template_hash
+
+    if (path / "gguf.json").is_file():
+        return json.loads((path / "gguf.json").read_text()).get("template_sha256")
+    jinja = path / "chat_template.jinja"
+    return template_hash(jinja.read_text(encoding="utf-8")) if jinja.is_file() else None
 
 
 def report(cfg: Config, gates: list[dict], measured: dict) -> str:

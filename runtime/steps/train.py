@@ -75,6 +75,22 @@ def load_model(path: Path):
     return model, tok
 
 
+def check_template(cfg: Config, tok, data: Path) -> str | None:
+    """The data was tokenized with one chat template; the model trained on it must carry the
+    same one, or it will be served with a template it never saw."""
+    from formula.runtime.templates import template_hash
+
+    ours = template_hash(tok.chat_template) if tok.chat_template else None
+    stats = data / "stats.json"
+    if stats.is_file():
+        theirs = json.loads(stats.read_text()).get("template_sha256")
+        if theirs and ours != theirs:
+            fail(f"stage `{cfg.name}`: the chat template of its starting model (sha256 {str(ours)[:12]}) "
+                 f"differs from the one its data was tokenized with ({data / 'stats.json'}: "
+                 f"sha256 {theirs[:12]})")
+    return ours
+
+
 def lora_config(cfg: Config, model):
     from peft import LoraConfig
 
@@ -235,6 +251,7 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
         fail(f"stage `{cfg.name}` asks for `device = cuda`, but no CUDA device is visible")
     bf16 = cuda and torch.cuda.is_bf16_supported() and cfg.precision in ("auto", "bf16")
     model, tok = load_model(Path(inputs["model"]))
+    template_sha = check_template(cfg, tok, Path(inputs["data"]))
     peft_config = lora_config(cfg, model) if cfg.adapter.get("type") == "lora_plan" else None
     data = dpo_data(cfg, Path(inputs["data"])) if cfg.method == "dpo" else sft_data(cfg, Path(inputs["data"]))
     log = MetricsLog(work / "metrics.jsonl")
@@ -288,6 +305,7 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
         "train_loss": round(result.training_loss, 5), "steps": result.global_step,
         "seconds": round(time.time() - started, 2), "resumed": resume,
         "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if cuda else "cpu",
+        "template_sha256": template_sha,
         "examples": len(data)}))
 
 
