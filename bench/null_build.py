@@ -107,7 +107,8 @@ def main() -> None:
         env.pop("FORMULA_HOME", None)
         # As installed: byte-code caches on (this workplace's shells set PYTHONDONTWRITEBYTECODE).
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        formula = shutil.which("formula") or "formula"
+        beside = Path(sys.executable).with_name("formula")  # this interpreter's, not whatever PATH has
+        formula = str(beside) if beside.exists() else shutil.which("formula") or "formula"
         cmd = [formula, "build", "null.formula", "--plain"]
         t = time.perf_counter()
         first = subprocess.run(cmd, cwd=ours, env=env, capture_output=True, text=True)

@@ -46,14 +46,14 @@ def main() -> None:
             failed.append(script)
             print("   FAILED:\n" + "\n".join("   " + l for l in proc.stderr.splitlines()[-15:]))
     print()
-    head = f"{'figure':<40}{'ours':>14}{'peer':>14}{'ratio':>8}  {'target':<20}peer"
+    head = f"{'figure':<38}{'ours':>22}{'peer':>22}{'ratio':>7}  {'target':<20}peer"
     print(head)
     print("-" * len(head))
     for r in rows:
         ours = f"{r['ours']:g} {r['unit']}"
         peer = f"{r['peer']:g} {r['unit']}" if r.get("peer") is not None else "-"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
-        print(f"{r['figure']:<40}{ours:>14}{peer:>14}{ratio:>8}  {r['target']:<20}{r.get('peer_name') or ''}")
+        print(f"{r['figure']:<38}{ours:>22}{peer:>22}{ratio:>7}  {r['target']:<20}{r.get('peer_name') or ''}")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
         sys.exit(1)
