@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,11 @@ def serve(gguf: Path, host: str, port: int, n_ctx: int = 0) -> int:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host,
            "--port", str(port), "--n_ctx", str(n_ctx), "--type_k", "0", "--type_v", "0"]
     print(f"serving {gguf} on http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops it", file=sys.stderr)
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    from formula.runtime.step import kill_on_parent_death
+
+    # The server goes when this command goes, however it goes (Ctrl-C, kill, its shell closing).
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=kill_on_parent_death)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
         return proc.wait()
     except KeyboardInterrupt:
