@@ -78,7 +78,7 @@ def problems(facts: TemplateFacts, tok: TokenizerFacts | None, needs_masking: bo
         if missing:
             out.append(("template-tokens",
                         f"the chat template writes {', '.join(f'`{t}`' for t in missing)}, which the "
-                        f"tokenizer in {shown(tok.folder)} does not have as a token",
+                        f"tokenizer of {shown(tok.folder)} does not have as a token",
                         "they would be split into pieces; use a template written for this tokenizer"))
         if facts.end_of_turn and tok.eos and facts.end_of_turn != tok.eos:
             out.append(("template-eos",

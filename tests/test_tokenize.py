@@ -127,3 +127,25 @@ def test_packing_keeps_examples_whole_with_restarting_positions(built):
     assert len(first["seq_lengths"]) == first["id"].count(",") + 1
     assert sum(first["seq_lengths"]) == len(first["input_ids"])
     assert tokenize._arrow(rows).column("seq_lengths").to_pylist()[0] == first["seq_lengths"].tolist()
+
+
+@pytest.mark.parametrize("template,message", [
+    ("{%- for m in messages -%}{{ '<|im_start|>' + m['content'] + '<|im_end|>' }}{%- endfor -%}",
+     "no {% generation %} markers"),
+    ("{%- for m in messages -%}{%- generation -%}{{ m['content'] + '<|eot_id|>' }}{%- endgeneration -%}"
+     "{%- endfor -%}", "does not have as a token"),
+    ("{%- for m in messages -%}{{ '<|im_start|>' }}{%- generation -%}{{ m['content'] + '<|endoftext|>' }}"
+     "{%- endgeneration -%}{%- endfor -%}", "but the model's EOS is `<|im_end|>`"),
+])
+def test_a_template_that_does_not_fit_stops_the_build_before_training(built, template, message, capsys):
+    """What `formula check` says for local models, the tokenize step says for every model
+    (a hub model's tokenizer is known only at build time)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "tok")
+    tok.chat_template = template
+    with pytest.raises(SystemExit):
+        tokenize.template_problems(tokenize.Config(model="tiny"), tok)
+    assert message in capsys.readouterr().err
+    tok.chat_template = CHATML
+    tokenize.template_problems(tokenize.Config(model="tiny"), tok)  # the named template fits

@@ -141,15 +141,27 @@ def _arrow(examples: list[dict]):
     })
 
 
+def template_problems(cfg: Config, tok) -> None:
+    """The checks `formula check` makes when the model is local, made here for every model
+    (a hub model's tokenizer is known only now), before anything trains on this data."""
+    from formula.compiler import chat_template
+
+    if not tok.chat_template:
+        fail(f"model `{cfg.model}` has no chat template; name one in the formula (`template = chatml`)")
+    facts = chat_template.TokenizerFacts(f"model `{cfg.model}`", frozenset(tok.get_added_vocab()),
+                                         tok.eos_token, tok.chat_template)
+    found = chat_template.problems(chat_template.analyse(tok.chat_template), facts, needs_masking=True)
+    if found:
+        fail("; ".join(f"{message} ({help_})" for _, message, help_ in found))
+
+
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     import datasets
     from transformers import AutoTokenizer
 
     model_dir = str(inputs["model"])
     tok = AutoTokenizer.from_pretrained(model_dir)
-    if not tok.chat_template or "generation" not in tok.chat_template:
-        fail(f"the chat template of model `{cfg.model}` has no {{% generation %}} markers, so "
-             "assistant turns cannot be masked; use a named template (chatml) or add the markers")
+    template_problems(cfg, tok)
     workers = cfg.workers or os.cpu_count() or 1
     stats = {"template_sha256": template_hash(tok.chat_template)}
     pool = ProcessPoolExecutor(workers, initializer=_init, initargs=(model_dir,)) if workers > 1 else None
