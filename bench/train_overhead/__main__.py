@@ -7,9 +7,11 @@ Both train the example's full-weight `lm` stage on its tokenized sessions, on th
 the whole `formula build --only train.lm --force train.lm` (compile, keys, store, the step
 process with its checkpoints every 50 steps, metrics, loss PNG, lineage); the peer is a script
 that loads the same model and Arrow data and runs `SFTTrainer` with the same arguments and saves
-the weights (no checkpoints). Each side runs fresh, alternating, three times; the best wall time
-and the largest peak RSS (of the process and its children) count. Targets (issue 5): wall ratio
-<= 1.05, peak memory ratio <= 1.10.
+the weights (no checkpoints). Both train in f32: trl's SFTConfig turns bf16 autocast on by
+default, even on a CPU, where ours keeps f32 unless the formula asks (`precision = bf16`); the
+peer is told `bf16=False` so that the precision, a hyperparameter, is the same. Each side runs
+fresh, alternating, three times; the best wall time and the largest peak RSS (of the process and
+its children) count. Targets (issue 5): wall ratio <= 1.05, peak memory ratio <= 1.10.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ data = data.remove_columns([c for c in data.column_names if c not in ("input_ids
 args = SFTConfig(output_dir=out + "/checkpoints", num_train_epochs=epochs, learning_rate=1e-3,
                  per_device_train_batch_size=8, seed=17, data_seed=17, logging_steps=5,
                  save_strategy="no", report_to="none", use_cpu=True, max_length=None,
-                 dataloader_num_workers=0)
+                 dataloader_num_workers=0, bf16=False)
 SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok).train()
 model.save_pretrained(out, safe_serialization=True)
 """
