@@ -223,3 +223,68 @@ def test_every_artifact_after_tokenization_shows_one_template_hash(assembled):
         assert line, f"{step}: no template hash in `formula show`"
         seen[step] = line.split()[-1]
     assert len(set(seen.values())) == 1, seen
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory):
+    """A tiny llama whose tokenizer is a real SentencePiece BPE model (byte fallback, `▁`), made
+    the way hub models of that kind are: trained by sentencepiece, loaded by transformers."""
+    spm = pytest.importorskip("sentencepiece")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    tmp = tmp_path_factory.mktemp("spm")
+    text = "\n".join(STRINGS + PROMPTS + [m["content"] for m in CONVERSATION]) * 3
+    text += "\n" + "\n".join(p.read_text()[:4000] for p in sorted(Path(__file__).parent.glob("*.py")))
+    (tmp / "corpus.txt").write_text(text)
+    spm.SentencePieceTrainer.train(
+        input=str(tmp / "corpus.txt"), model_prefix=str(tmp / "tokenizer"), vocab_size=800,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, remove_extra_whitespaces=False, minloglevel=2)
+    source = tmp / "source"
+    source.mkdir()
+    (tmp / "tokenizer.model").rename(source / "tokenizer.model")
+    tok = LlamaTokenizer.from_pretrained(source)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    folder = tmp / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_sentencepiece_tokenizer_converts_with_parity(sentencepiece_model, tmp_path):
+    tok, model = hf(sentencepiece_model)
+    path = convert(sentencepiece_model, tmp_path / "spm.gguf", "f32").path
+    meta = metadata(path)
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert list(meta["tokenizer.ggml.token_type"]).count(6) == 256  # every <0xNN> is a byte token
+    chat = tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    with open_gguf(path, logits_all=True) as llm:
+        # Text after a special token, which is where every chat turn starts: identical.
+        for s in [chat] + [f"<|im_start|>user\n{s}<|im_end|>\n" for s in STRINGS]:
+            assert llm.tokenize(s.encode(), add_bos=False, special=True) == \
+                tok(s, add_special_tokens=False)["input_ids"], s
+        # Raw text at the very start: transformers adds the `▁` that llama.cpp leaves out there.
+        for s in [s for s in STRINGS if not s.startswith("<|")]:
+            assert llm.tokenize((" " + s).encode() if s else b"", add_bos=False, special=True) == \
+                tok(s, add_special_tokens=False)["input_ids"], s
+        ids = tok(chat, add_special_tokens=False)["input_ids"]
+        diff = float(np.abs(logits(llm, ids)[-1] - hf_logits(model, ids)[-1]).max())
+    print(f"\nSentencePiece llama f32: {len(STRINGS) + 1} chat strings identical, "
+          f"max abs logit difference {diff:.3g}")
+    assert diff < 1e-3
+
+
+def test_sentencepiece_model_quantizes(sentencepiece_model, tmp_path):
+    path = convert(sentencepiece_model, tmp_path / "spm.gguf", "f16").path
+    quantize(path, tmp_path / "spm-q8.gguf", "q8_0")
+    with open_gguf(tmp_path / "spm-q8.gguf", vocab_only=True) as llm:
+        first = llm.tokenize("<|im_start|>user\nhi".encode(), add_bos=False, special=True)[0]
+    tok, _ = hf(sentencepiece_model)
+    assert first == tok.convert_tokens_to_ids("<|im_start|>")

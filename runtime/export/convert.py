@@ -136,25 +136,36 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: int) -> str:
-    import gguf
-
     tj = folder / "tokenizer.json"
     if not tj.is_file():
-        raise ConvertError(f"{folder}: no tokenizer.json (only fast BPE tokenizers are converted)")
+        raise ConvertError(f"{folder}: no tokenizer.json (only fast tokenizers are converted)")
     spec = json.loads(tj.read_text())
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise ConvertError(f"{tj}: a {model.get('type')} tokenizer"
-                           f"{' with byte fallback' if model.get('byte_fallback') else ''}; "
-                           "this converter writes byte-level BPE tokenizers only")
-    pre = _pre_tokenizer(spec, model_type)
-    vocab: dict[str, int] = dict(model["vocab"])
+    if model.get("type") != "BPE":
+        raise ConvertError(f"{tj}: a {model.get('type')} tokenizer; this converter writes BPE tokenizers "
+                           "(byte-level, or SentencePiece-style with byte fallback)")
+    by_id, added = _vocabulary(spec, tj, vocab_size)
+    if model.get("byte_fallback"):
+        return _sentencepiece_vocab(writer, folder, spec, tj, by_id, added, vocab_size)
+    return _byte_level_vocab(writer, folder, spec, model_type, by_id, added, vocab_size)
+
+
+def _vocabulary(spec: dict, tj: Path, vocab_size: int) -> tuple[dict[int, str], dict[str, dict]]:
+    vocab: dict[str, int] = dict(spec["model"]["vocab"])
     added = {t["content"]: t for t in spec.get("added_tokens", [])}
     for content, t in added.items():
         vocab[content] = t["id"]
     by_id = {i: s for s, i in vocab.items()}
     if max(by_id) >= vocab_size:
         raise ConvertError(f"{tj}: token id {max(by_id)} does not fit the model's vocab_size {vocab_size}")
+    return by_id, added
+
+
+def _byte_level_vocab(writer, folder: Path, spec: dict, model_type: str, by_id: dict[int, str],
+                      added: dict[str, dict], vocab_size: int) -> str:
+    import gguf
+
+    pre = _pre_tokenizer(spec, model_type)
     tokens, types = [], []
     T = gguf.TokenType
     for i in range(vocab_size):
@@ -176,9 +187,75 @@ def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: 
     writer.add_token_scores([0.0] * vocab_size)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
-        raise ConvertError(f"{tj}: a BPE tokenizer without merges")
+        raise ConvertError(f"{folder / 'tokenizer.json'}: a BPE tokenizer without merges")
     special.add_to_gguf(writer, quiet=True)
     return pre
+
+
+def _sentencepiece_vocab(writer, folder: Path, spec: dict, tj: Path, by_id: dict[int, str],
+                         added: dict[str, dict], vocab_size: int) -> str:
+    """A SentencePiece BPE model as transformers holds it (byte fallback, `▁` for spaces) →
+    llama.cpp's `llama` tokenizer. It is read from tokenizer.json, not tokenizer.model: that is
+    what training tokenized with, and what the assembled folder carries.
+
+    llama.cpp merges by the score of the merged piece, highest first; transformers by the rank
+    of the pair. Transformers derives its merges from the SentencePiece scores, so the score of
+    a piece is minus the rank of its first merge, which orders both the same way."""
+    import gguf
+
+    space_prefix = _space_prefix(folder, added)
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(spec["model"].get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, r)
+    unk = spec["model"].get("unk_token")
+    T = gguf.TokenType
+    tokens, scores, types = [], [], []
+    for i in range(vocab_size):
+        s = by_id.get(i)
+        if s is None:
+            tokens.append(f"[PAD{i}]")
+            scores.append(-10000.0)
+            types.append(T.UNUSED)
+            continue
+        tokens.append(s)
+        scores.append(-float(rank[s]) if s in rank else 0.0)
+        if s in added:
+            types.append(T.CONTROL if added[s].get("special") else T.USER_DEFINED)
+        elif s == unk:
+            types.append(T.UNKNOWN)
+        elif len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
+            types.append(T.BYTE)
+        else:
+            types.append(T.NORMAL)
+    if sum(t == T.BYTE for t in types) != 256:
+        raise ConvertError(f"{tj}: byte fallback without all 256 byte tokens <0x00>..<0xFF>")
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(space_prefix)
+    gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+    return "default"
+
+
+def _space_prefix(folder: Path, added: dict[str, dict]) -> bool:
+    """llama.cpp's `add_space_prefix`: with it, every text fragment that starts the input or
+    follows a special token gets a leading `▁`; without it, none does. transformers may prefix
+    only the start, so the flag follows what the tokenizer does after a special token, where
+    every chat turn begins: chat prompts then tokenize identically, and raw text at the very
+    start may lack the `▁` transformers gives it (docs/export.md). Probed through transformers,
+    as training loads it: its tokenizer classes rewrite parts of tokenizer.json on loading."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    special = next((t for t, d in added.items() if d.get("special")), None)
+    if special is None:
+        start = tok.tokenize("a")
+        return bool(start) and start[0].startswith("\u2581")
+    after = tok.convert_ids_to_tokens(tok(special + "a", add_special_tokens=False)["input_ids"])
+    return len(after) > 1 and after[1].startswith("\u2581")
 
 
 def _pre_tokenizer(spec: dict, model_type: str) -> str:
