@@ -449,13 +449,14 @@ def _human(n: int) -> str:
 
 
 def add_commands(sub) -> None:
-    def formula_command(name, help_, func, step=False):
-        p = sub.add_parser(name, help=help_, description=help_)
+    def formula_command(name, help_, func, step=False, overrides=True, description=None):
+        p = sub.add_parser(name, help=help_, description=description or help_)
         p.add_argument("formula")
         if step:
             p.add_argument("step", help="a step name or glob, e.g. train.sft or 'gguf.*'")
-        p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
-                       help="Hydra-style overrides: stage.sft.lr=1e-4 var.rank=32")
+        if overrides:
+            p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                           help="Hydra-style overrides: stage.sft.lr=1e-4 var.rank=32")
         p.add_argument("--store", help="store folder (default: .formula/ in the project, or $FORMULA_HOME)")
         p.set_defaults(func=func)
         return p
@@ -479,21 +480,15 @@ def add_commands(sub) -> None:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--store")
         p.set_defaults(func=func)
-    p = sub.add_parser("serve", help="serve a built GGUF over the OpenAI API (llama.cpp)",
-                       description="Serve the latest build's GGUF through llama-cpp-python's "
-                                   "OpenAI-compatible server, with the chat template embedded in it.")
-    p.add_argument("formula")
+    p = formula_command("serve", "serve a built GGUF over the OpenAI API (llama.cpp)", cmd_serve,
+                        overrides=False, description="Serve the latest build's GGUF through "
+                        "llama-cpp-python's OpenAI-compatible server, with the chat template embedded in it.")
     p.add_argument("--target", help="a GGUF step or its quant (default: the most compressed)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--store")
-    p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("report", help="write the latest build's report and print its path",
-                       description="Write the Markdown report of the latest build (steps, checks, "
-                                   "curves) and print its path.")
-    p.add_argument("formula")
-    p.add_argument("--store")
-    p.set_defaults(func=cmd_report)
+    formula_command("report", "write the latest build's report and print its path", cmd_report,
+                    overrides=False, description="Write the Markdown report of the latest build "
+                    "(steps, checks, curves) and print its path.")
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
                        "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
     p.add_argument("ref")
