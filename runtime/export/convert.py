@@ -147,7 +147,7 @@ def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: 
     by_id, added = _vocabulary(spec, tj, vocab_size)
     if model.get("byte_fallback"):
         return _sentencepiece_vocab(writer, folder, spec, tj, by_id, added, vocab_size)
-    return _byte_level_vocab(writer, folder, spec, model_type, by_id, added, vocab_size)
+    return _byte_level_vocab(writer, folder, spec, tj, model_type, by_id, added, vocab_size)
 
 
 def _vocabulary(spec: dict, tj: Path, vocab_size: int) -> tuple[dict[int, str], dict[str, dict]]:
@@ -161,24 +161,30 @@ def _vocabulary(spec: dict, tj: Path, vocab_size: int) -> tuple[dict[int, str], 
     return by_id, added
 
 
-def _byte_level_vocab(writer, folder: Path, spec: dict, model_type: str, by_id: dict[int, str],
-                      added: dict[str, dict], vocab_size: int) -> str:
+def _tokens_and_types(by_id: dict[int, str], added: dict[str, dict], vocab_size: int, kind) -> tuple[list, list]:
+    """One entry per id up to the model's vocab_size (ids no token has become `[PADn]`, unused);
+    added tokens are control or user-defined, the rest whatever `kind` says."""
     import gguf
 
-    pre = _pre_tokenizer(spec, model_type)
-    tokens, types = [], []
     T = gguf.TokenType
+    tokens, types = [], []
     for i in range(vocab_size):
         s = by_id.get(i)
         if s is None:
             tokens.append(f"[PAD{i}]")
             types.append(T.UNUSED)
-        elif s in added:
-            tokens.append(s)
-            types.append(T.CONTROL if added[s].get("special") else T.USER_DEFINED)
         else:
             tokens.append(s)
-            types.append(T.NORMAL)
+            types.append((T.CONTROL if added[s].get("special") else T.USER_DEFINED) if s in added else kind(s))
+    return tokens, types
+
+
+def _byte_level_vocab(writer, folder: Path, spec: dict, tj: Path, model_type: str, by_id: dict[int, str],
+                      added: dict[str, dict], vocab_size: int) -> str:
+    import gguf
+
+    pre = _pre_tokenizer(spec, model_type)
+    tokens, types = _tokens_and_types(by_id, added, vocab_size, lambda s: gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -187,7 +193,7 @@ def _byte_level_vocab(writer, folder: Path, spec: dict, model_type: str, by_id: 
     writer.add_token_scores([0.0] * vocab_size)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
-        raise ConvertError(f"{folder / 'tokenizer.json'}: a BPE tokenizer without merges")
+        raise ConvertError(f"{tj}: a BPE tokenizer without merges")
     special.add_to_gguf(writer, quiet=True)
     return pre
 
@@ -210,24 +216,14 @@ def _sentencepiece_vocab(writer, folder: Path, spec: dict, tj: Path, by_id: dict
         rank.setdefault(left + right, r)
     unk = spec["model"].get("unk_token")
     T = gguf.TokenType
-    tokens, scores, types = [], [], []
-    for i in range(vocab_size):
-        s = by_id.get(i)
-        if s is None:
-            tokens.append(f"[PAD{i}]")
-            scores.append(-10000.0)
-            types.append(T.UNUSED)
-            continue
-        tokens.append(s)
-        scores.append(-float(rank[s]) if s in rank else 0.0)
-        if s in added:
-            types.append(T.CONTROL if added[s].get("special") else T.USER_DEFINED)
-        elif s == unk:
-            types.append(T.UNKNOWN)
-        elif len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
-            types.append(T.BYTE)
-        else:
-            types.append(T.NORMAL)
+
+    def kind(s: str):
+        if s == unk:
+            return T.UNKNOWN
+        return T.BYTE if len(s) == 6 and s.startswith("<0x") and s.endswith(">") else T.NORMAL
+
+    tokens, types = _tokens_and_types(by_id, added, vocab_size, kind)
+    scores = [-10000.0 if t == T.UNUSED else -float(rank.get(s, 0)) for s, t in zip(tokens, types)]
     if sum(t == T.BYTE for t in types) != 256:
         raise ConvertError(f"{tj}: byte fallback without all 256 byte tokens <0x00>..<0xFF>")
     writer.add_tokenizer_model("llama")
