@@ -65,7 +65,7 @@ def funcs_of(t: T.Type, found: dict) -> None:
 
 def render() -> str:
     out = ["# Formula reference", "",
-           "Generated from `compiler/schema.py` by `docs/gen_reference.py`; do not edit by hand.",
+           "Generated from `formula/compiler/schema.py` by `docs/gen_reference.py`; do not edit by hand.",
            "The language itself is described in [language.md](language.md).", ""]
     funcs: dict[str, T.Func] = {}
     for kind, schema in SCHEMAS.items():

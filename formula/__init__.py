@@ -1,7 +1,8 @@
 """formula: training formulas compiled into fine-tuned models.
 
-The code lives in the repository's `cli/`, `compiler/` and `runtime/` folders, installed as
-`formula.cli`, `formula.compiler` and `formula.runtime`.
+`formula.compiler` turns formula text into a typed plan and step configurations,
+`formula.runtime` runs the step graph against the content-addressed store, and `formula.cli`
+is the `formula` command.
 """
 
 __version__ = "0.1.0"

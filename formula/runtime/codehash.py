@@ -61,11 +61,7 @@ def _package_of(path: str) -> str:
     while os.path.exists(os.path.join(folder, "__init__.py")):
         parts.append(os.path.basename(folder))
         folder = os.path.dirname(folder)
-    names = list(reversed(parts))
-    mapping = {"cli": "formula.cli", "compiler": "formula.compiler", "runtime": "formula.runtime"}
-    if names and names[0] in mapping:
-        return ".".join([mapping[names[0]]] + names[1:])
-    return ".".join(names)
+    return ".".join(reversed(parts))
 
 
 def _resolve_relative(package: str, module: str | None, level: int) -> str:
