@@ -8,20 +8,27 @@ from collections import Counter
 
 from .sessions import Session
 
-FAILED_RESULT = re.compile(r"\b(error|failed|failure|traceback|exception)\b", re.I)
-GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f]")
+# How tools say a call failed when the result is not flagged `is_error`: Claude Code's own
+# prefixes. A result that merely mentions "error" (a file read, a log) is not a failure.
+FAILED_RESULT = re.compile(r"^\s*(?:<tool_use_error>|Exit code [1-9]\d*\b|Error: )")
+GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def is_garbled(text: str) -> bool:
-    """Mostly replacement or control characters: a broken encoding, not language."""
+    """Mostly replacement or control characters: a broken encoding, not language. ANSI colour
+    codes are removed by the loaders before this runs, so coloured tool output is not garbled."""
     return len(text) >= 20 and len(GARBLED.findall(text)) > 0.05 * len(text)
+
+
+def failed(result: dict) -> bool:
+    return bool(result.get("is_error")) or bool(FAILED_RESULT.match(result.get("content") or ""))
 
 
 def drop_reason(s: Session, min_turns: int, max_turns: int | None, max_repeats: int) -> str | None:
     assistant = [m for m in s.messages if m["role"] == "assistant"]
     if not any((m.get("content") or "").strip() or m.get("tool_calls") for m in assistant):
         return "no_assistant_output"
-    if any(is_garbled(m.get("content") or "") for m in s.messages):
+    if any(is_garbled(m.get("content") or "") for m in s.messages if m["role"] in ("user", "assistant")):
         return "garbled"
     if any(m["role"] in ("user", "assistant") and not (m.get("content") or "").strip()
            and not m.get("tool_calls") for m in s.messages):
@@ -36,14 +43,14 @@ def drop_reason(s: Session, min_turns: int, max_turns: int | None, max_repeats: 
 
 
 def failing_loop(s: Session) -> int:
-    """The most times one identical tool call was made and failed in this session."""
+    """The most times one identical tool call (same tool, same arguments) failed in this session."""
     calls = {}
     for m in s.messages:
         for c in m.get("tool_calls", ()):
             calls[c.get("id")] = (c["function"]["name"], c["function"]["arguments"])
     failures: Counter = Counter()
     for m in s.messages:
-        if m["role"] == "tool" and (m.get("is_error") or FAILED_RESULT.search(m.get("content") or "")):
+        if m["role"] == "tool" and failed(m):
             call = calls.get(m.get("tool_call_id"))
             if call is not None:
                 failures[call] += 1
