@@ -489,6 +489,9 @@ def add_commands(sub) -> None:
     formula_command("report", "write the latest build's report and print its path", cmd_report,
                     overrides=False, description="Write the Markdown report of the latest build "
                     "(steps, checks, curves) and print its path.")
+    from formula.cli.data import add_command as add_data_command
+
+    add_data_command(sub)
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
                        "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
     p.add_argument("ref")

@@ -265,7 +265,7 @@ def to_messages(events: list[tuple[int, dict]], options: Options, stats: Stats,
                 continue
             mid = msg.get("id") if isinstance(msg.get("id"), str) else None
             target = by_message.get(mid) if mid else None
-            if target is None and mid is None and last_assistant is not None and items and items[-1] is last_assistant:
+            if target is None and mid is None and last_assistant is not None:
                 target = last_assistant  # old events without message ids: consecutive ones are one message
             if target is None:
                 target = {"role": "assistant", "content": "", "_text": [], "_think": [], "tool_calls": []}
@@ -290,6 +290,7 @@ def to_messages(events: list[tuple[int, dict]], options: Options, stats: Stats,
                     target["_think"].append(str(b["thinking"]))
             continue
         # user events
+        last_assistant = None
         if ev.get("isMeta") or (ev.get("isVisibleInTranscriptOnly") and not ev.get("isCompactSummary")):
             stats.events["meta"] += 1
             continue
@@ -382,14 +383,17 @@ def _examples(tree: Tree, leaf: str, base_id: str, path: str, options: Options, 
 def main_sessions(path: str, events: list[tuple[int, dict]], options: Options, stats: Stats) -> tuple[list[Session], set[str]]:
     """The live branch (and, if asked, abandoned branches) and inline sidechains of one file."""
     session = Path(path).stem
+    if not any("parentUuid" in ev for _, ev in events):  # no tree (hand-written or exported files): file order
+        main = [(n, ev) for n, ev in events if not ev.get("isSidechain")]
+        msgs = to_messages(main, options, stats, path) if main else []
+        if not msgs:
+            return [], set()
+        stats.examples["session"] += 1
+        return [Session(session, msgs, {"kind": "session", "session": session, **_meta(main)}, path,
+                        (main[0][0], main[-1][0]))], set()
     tree = Tree(events)
     tips = tree.tips(sidechain=False)
     if not tips:
-        if any(ev.get("type") in CONVERSATION for _, ev in events):  # events without uuids: file order
-            msgs = to_messages([(n, ev) for n, ev in events if not ev.get("isSidechain")], options, stats, path)
-            if msgs:
-                return [Session(session, msgs, {"kind": "session", "session": session, **_meta(events)}, path,
-                                (events[0][0], events[-1][0]))], set()
         return [], set()
     base = {"kind": "session", "session": session}
     sessions, live = _examples(tree, tips[-1], session, path, options, stats, base)
