@@ -117,7 +117,8 @@ def cmd_data(ns: argparse.Namespace) -> int:
     steps = _corpus_steps(graph, ns.corpus)
     if not steps:
         known = ", ".join(s.name.split(".", 1)[1] for s in _corpus_steps(graph, None)) or "none"
-        print(f"formula: {ns.formula} has no corpus `{ns.corpus}` (corpora: {known})", file=sys.stderr)
+        print(f"formula: {ns.formula} has no corpus `{ns.corpus}` (corpora: {known})" if ns.corpus else
+              f"formula: {ns.formula} has no corpus", file=sys.stderr)
         return EXIT_USAGE
     color = _use_color(sys.stdout)
     reports = []
