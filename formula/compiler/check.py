@@ -8,7 +8,8 @@ on the blocks the root formula reaches.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from . import ast, plan, types as T
 from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
@@ -17,6 +18,8 @@ from .evaluate import INVALID, BlockRef, Evaluator, FuncValue, _kind_article
 from .resolve import BlockDef, Program, Scope
 from . import chat_template
 from .chat_template import shown
+from .source import Source
+from formula.contract.outcome_rules import RulesError, parse_rules
 from .schema import QUANT_TYPES, SCHEMAS, VAR_TYPES, BlockSchema
 
 
@@ -26,6 +29,13 @@ class _Checked:
     values: dict[str, object]
     nodes: dict[str, ast.Field]
     gates: list[tuple[tuple, ast.Check]]
+
+
+def _arg_span(call, name: str):
+    """The span of `name = value` inside a call, for diagnostics about one argument."""
+    text = call.source.text[call.start:call.end]
+    found = re.search(rf'\b{name}\s*=\s*("[^"\n]*"|[\w.]+)', text)
+    return call.source.span(call.start + found.start(), call.start + found.end()) if found else None
 
 
 class _Checker:
@@ -362,12 +372,47 @@ class _Checker:
             meta_arg = self._path(b, meta_arg)
         return plan.TranscriptSource(self._path(b, f.args["glob"]), f.args["format"], meta_kind, meta_arg)
 
+    def _outcomes(self, b: BlockDef, f: FuncValue, src):
+        """A gastown source's outcome rules file: it must exist and parse."""
+        if f.name != "gastown" or f.args.get("outcomes") is None:
+            return src
+        path = self._path(b, f.args["outcomes"])
+        at = f.span
+        arg = _arg_span(f.span, "outcomes")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror or str(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+            self.err("outcome-rules", f"cannot read the outcome rules {shown(path)}: {why}",
+                     arg or at, "this file", help="check the path (relative to the formula)")
+            return src
+        try:
+            parse_rules(text, shown(path))
+        except RulesError as exc:
+            if exc.line:
+                rules = Source(shown(path), text)
+                line_start = sum(len(x) + 1 for x in text.split("\n")[: exc.line - 1])
+                line_text = rules.line_text(exc.line)
+                indent = len(line_text) - len(line_text.lstrip())
+                span = rules.span(line_start + indent, line_start + max(len(line_text), indent + 1))
+                self.err("outcome-rules", f"bad outcome rules: {exc.message}", span, "here",
+                         labels=[Label(arg or at, "rules read from here")],
+                         help="see docs/data.md, Outcomes")
+            else:
+                self.err("outcome-rules", f"bad outcome rules in {shown(path)}: {exc.message}",
+                         arg or at, "these rules", help="see docs/data.md, Outcomes")
+            return src
+        return replace(src, outcomes=path)
+
     def _corpus(self, c: _Checked) -> plan.CorpusPlan | None:
         v, b = c.values, c.block
         if any(x is INVALID for x in v.values()):
             return None
         src = v["source"]
         sources = tuple(self._source(b, f) for f in (src if isinstance(src, tuple) else (src,)))
+        sources = tuple(self._outcomes(b, f, s)
+                        for f, s in zip(src if isinstance(src, tuple) else (src,), sources))
         for f, s in zip(src if isinstance(src, tuple) else (src,), sources):
             if isinstance(s, plan.TranscriptSource) and s.format == "pairs":
                 self.err("wrong-kind", "a corpus reads sessions, not preference pairs", f.span,

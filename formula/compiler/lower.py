@@ -89,6 +89,8 @@ class _Lowering:
             else:
                 files[f"source{i}"] = FileInput(_expand(src.projects).rstrip("/") + "/**/*.jsonl")
                 files[f"source{i}_beads"] = FileInput(_expand(src.beads), is_glob=False)
+                if src.outcomes:
+                    files[f"source{i}_outcomes"] = FileInput(src.outcomes, is_glob=False)
             sources.append({**to_config(src), "input": f"source{i}"})
         config = {k: v for k, v in to_config(c).items() if k not in ("type", "name")}
         config.update(name=name, sources=sources)

@@ -131,6 +131,7 @@ class GastownSource:
     projects: str
     beads: str
     town: str
+    outcomes: str = ""  # outcome rules file (absolute); "" for the shipped Gas Town rules
 
 
 @dataclass(frozen=True)

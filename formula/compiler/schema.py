@@ -113,6 +113,8 @@ GASTOWN = Func("gastown", (
           doc="the Claude Code projects folder"),
     Param("beads", Str(), required=True, doc="a beads JSONL export (.beads/issues.jsonl)"),
     Param("town", Str(), default="~/gt", doc="the Gas Town root the agents ran in"),
+    Param("outcomes", Str(), doc="outcome rules (TOML), relative to the formula; default: "
+          "Gas Town's close reasons (docs/data.md)"),
 ), doc="a Claude Code projects folder; roles from the agents' cwd, outcomes from beads")
 
 NEAR = Func("near", (
