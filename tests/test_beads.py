@@ -162,6 +162,14 @@ def test_an_open_bead_is_open_ended_and_addresses_are_normalised():
     assert (s.meta["bead"], s.meta["outcome"]) == ("hq-7rm2", "open")
 
 
+def test_a_closed_bead_without_close_times_is_not_open_ended():
+    records = [bead("gt-4kx9m", assignee=NUX, closed_at=None, updated_at=None, close_reason="burned")]
+    late = session("s1", agent=NUX, start="2026-03-05T10:00:00Z", end="2026-03-05T11:00:00Z")
+    early = session("s2", agent=NUX, start="2026-03-01T13:30:00Z", end="2026-03-01T14:30:00Z")
+    link_outcomes([late, early], records)
+    assert "bead" not in late.meta and early.meta["outcome"] == "burned"
+
+
 def test_the_beacon_stands_in_for_a_missing_agent():
     records = [bead("gt-4kx9m", assignee=NUX, close_reason="Merged in gt-mr-8f2k")]
     s = session("s1", first="[GAS TOWN] gastown/polecats/nux <- witness • 2026-03-01T06:12 • start", **MORNING)

@@ -138,7 +138,7 @@ class BeadIndex:
         if status not in ("closed", "tombstone"):
             return None
         return (parse_time(rec.get("closed_at")) or parse_time(rec.get("deleted_at"))
-                or parse_time(rec.get("updated_at")))
+                or parse_time(rec.get("updated_at")) or parse_time(rec.get("created_at")))
 
     def _is_molecule(self, rec: dict) -> bool:
         return (rec.get("issue_type") == "molecule" or bool(rec.get("mol_type"))
