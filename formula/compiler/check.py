@@ -20,7 +20,7 @@ from . import chat_template
 from .chat_template import shown
 from .source import Source
 from formula.contract.outcome_rules import RulesError, parse_rules
-from .schema import QUANT_TYPES, SCHEMAS, VAR_TYPES, BlockSchema
+from .schema import CLAUDE_CODE_READING, QUANT_TYPES, SCHEMAS, VAR_TYPES, BlockSchema
 
 
 @dataclass
@@ -364,13 +364,18 @@ class _Checker:
         if f.name == "gastown":
             # `town` is matched against the agents' working directories, so it stays as written.
             return plan.GastownSource(self._path(b, f.args["projects"]), self._path(b, f.args["beads"]),
-                                      f.args["town"])
+                                      f.args["town"], **self._reading(f))
         meta = f.args["meta"]
         meta_kind, meta_arg = (meta.name, next(iter(meta.args.values()))) if isinstance(meta, FuncValue) \
             else (meta, "")
         if meta_kind == "sidecar":
             meta_arg = self._path(b, meta_arg)
-        return plan.TranscriptSource(self._path(b, f.args["glob"]), f.args["format"], meta_kind, meta_arg)
+        return plan.TranscriptSource(self._path(b, f.args["glob"]), f.args["format"], meta_kind, meta_arg,
+                                     **self._reading(f))
+
+    @staticmethod
+    def _reading(f: FuncValue) -> dict:
+        return {p.name: f.args[p.name] for p in CLAUDE_CODE_READING}
 
     def _outcomes(self, b: BlockDef, f: FuncValue, src):
         """A gastown source's outcome rules file: it must exist and parse."""

@@ -248,8 +248,8 @@ class _Lowering:
         return [self.gguf(name, q) for q in e.quants][-1]
 
     def run(self) -> Graph:
-        # Every eval and export is a goal; stages, assembles and models that nothing else
-        # reaches are goals too, so a formula without evals still builds what it declares.
+        # Every eval and export is a goal; stages, assembles, corpora and pairs that nothing
+        # else reaches are goals too, so a formula without evals still builds what it declares.
         for name in self.plan.evals:
             self.eval(name)
         for name, e in self.plan.exports.items():
@@ -259,6 +259,10 @@ class _Lowering:
             self.assemble(name)
         for name in self.plan.stages:
             self.stage(name)
+        for name in self.plan.corpora:
+            self.corpus(name)
+        for name in self.plan.pairs:
+            self.pairs(name)
         return Graph(dict(sorted(self.steps.items())))
 
 

@@ -124,6 +124,9 @@ class TranscriptSource:
     format: str
     meta: str  # transcript, sidecar, pattern
     meta_arg: str = ""
+    subagents: bool = True
+    branches: str = "final"
+    thinking: str = "drop"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class GastownSource:
     beads: str
     town: str
     outcomes: str = ""  # outcome rules file (absolute); "" for the shipped Gas Town rules
+    subagents: bool = True
+    branches: str = "final"
+    thinking: str = "drop"
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ QUANT_TYPES: dict[str, tuple[int, bool]] = {
 METADATA_FIELDS: dict[str, type] = {
     "role": str, "outcome": str, "bead": str, "session": str, "date": str, "branch": str,
     "source": str, "turns": int, "tool_calls": int, "length": int,
+    "kind": str, "agent": str, "rig": str, "parent": str, "link": str, "segment": int,
 }
 
 # --- constructor functions ---------------------------------------------------------------------
@@ -99,6 +100,16 @@ TEMPLATE_FILE = Func("file", (
     Param("path", Str(), required=True, positional=True),
 ), doc="a Jinja chat template in a file, relative to the formula")
 
+# How Claude Code transcripts are read (docs/data.md): shared by `transcripts(...)` and `gastown(...)`.
+CLAUDE_CODE_READING = (
+    Param("subagents", Bool(), default=True,
+          doc="subagent transcripts as their own examples (`<session>/<agent>`), marked kind = \"subagent\""),
+    Param("branches", Symbol(("final", "all"), "branch choice"), default="final",
+          doc="`final`: the conversation as it ended; `all`: rewound branches too, as examples of their own"),
+    Param("thinking", Symbol(("drop", "keep"), "thinking policy"), default="drop",
+          doc="`keep` carries thinking blocks as `reasoning_content` for templates that render it"),
+)
+
 TRANSCRIPTS = Func("transcripts", (
     Param("glob", Str(), required=True, positional=True, doc="files, relative to the formula"),
     Param("format", Symbol(TRANSCRIPT_FORMATS, "transcript format"), default="claude_code"),
@@ -106,6 +117,7 @@ TRANSCRIPTS = Func("transcripts", (
                          Func("sidecar", (Param("path", Str(), required=True, positional=True),)),
                          Func("pattern", (Param("regex", Str(), required=True, positional=True),)))),
           default="transcript", doc="where session metadata comes from"),
+    *CLAUDE_CODE_READING,
 ), doc="transcript files by glob")
 
 GASTOWN = Func("gastown", (
@@ -115,6 +127,7 @@ GASTOWN = Func("gastown", (
     Param("town", Str(), default="~/gt", doc="the Gas Town root the agents ran in"),
     Param("outcomes", Str(), doc="outcome rules (TOML), relative to the formula; default: "
           "Gas Town's close reasons (docs/data.md)"),
+    *CLAUDE_CODE_READING,
 ), doc="a Claude Code projects folder; roles from the agents' cwd, outcomes from beads")
 
 NEAR = Func("near", (
