@@ -22,6 +22,7 @@ RUNS = [
     ("hashing.py", ["2"], ["0.5"]),
     ("null_build.py", [], []),
     ("scrub_false_positives.py", [], []),
+    ("corpus", ["100"], ["20"]),
     ("tokenize", ["24"], ["20"]),
     ("gguf_convert", [], []),
     ("train_overhead", [], ["4"]),
