@@ -51,7 +51,7 @@ def generated_formulas(folder: Path, n: int = 200) -> None:
                 .replace("quants = [f16, q8_0]", "quants = [f16, q8_0]" if i % 2 else
                          "quants = [f16, q8_0, q4_k_m]"))
         (folder / f"tiny_{i:03}.formula").write_text(text)
-    (folder / "evals").mkdir(exist_ok=True)
+    shutil.copytree(ROOT / "examples" / "evals", folder / "evals", dirs_exist_ok=True)  # check reads suites
 
 
 def main() -> None:

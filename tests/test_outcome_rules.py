@@ -206,6 +206,8 @@ def compiled(tmp_path, extra: str):
 
     path = tmp_path / "t.formula"
     path.write_text(FORMULA % extra)
+    (tmp_path / "projects").mkdir(exist_ok=True)  # `formula check` requires what the build reads
+    (tmp_path / "issues.jsonl").touch()
     return compile_formula(str(path))
 
 

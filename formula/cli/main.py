@@ -50,6 +50,10 @@ def cmd_check(ns: argparse.Namespace) -> int:
     from formula.compiler.pipeline import compile_formula
 
     paths, overrides = _split_args(ns.paths)
+    if overrides and not paths:
+        print(f"formula check: name the formula the overrides apply to: formula check FILE "
+              f"{' '.join(overrides)}", file=sys.stderr)
+        return EXIT_USAGE
     files, missing = _formula_files(paths)
     if missing:
         for m in missing:
@@ -85,8 +89,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
 
 def cmd_fmt(ns: argparse.Namespace) -> int:
     from formula.compiler.diagnostics import render_text
-    from formula.compiler.format import format_source
-    from formula.compiler.source import Source
+    from formula.compiler.format import format_bytes
 
     files, missing = _formula_files(ns.paths)
     if missing:
@@ -95,13 +98,25 @@ def cmd_fmt(ns: argparse.Namespace) -> int:
         return EXIT_USAGE
     changed, failed = [], False
     for f in files:
-        text = Path(f).read_text(encoding="utf-8")
-        formatted, diags = format_source(Source(f, text))
+        try:
+            data = Path(f).read_bytes()
+            formatted, diags = format_bytes(f, data)
+        except OSError as exc:
+            print(f"formula fmt: cannot read {f}: {exc.strerror or exc}", file=sys.stderr)
+            failed = True
+            continue
+        except (RecursionError, MemoryError, Exception) as exc:  # noqa: BLE001 - one file's crash
+            if os.environ.get("FORMULA_DEBUG"):
+                raise
+            print(f"formula fmt: {f}: internal error ({type(exc).__name__}: {exc}); this is a bug "
+                  "in formula, please report it with the file", file=sys.stderr)
+            failed = True
+            continue
         if formatted is None:
             print(render_text(diags, color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
             failed = True
             continue
-        if formatted != text:
+        if formatted.encode("utf-8") != data:
             changed.append(f)
             if not ns.check:
                 tmp = Path(f + ".fmt-tmp")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from . import ast, plan, types as T
-from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
+from .diagnostics import Diagnostic, Label, did_you_mean, error, near_names, one_of, warning
 from .format import expr_text
 from .evaluate import INVALID, BlockRef, Evaluator, FuncValue, _kind_article
 from .resolve import BlockDef, Program, Scope
@@ -104,7 +104,12 @@ class _Checker:
                                  "not a field")
         self.ev.current_block = None
         missing = [f for f in schema.fields if f.required and f.name not in nodes]
+        # a misspelt required field is one mistake: its unknown-field error says "did you mean"
+        misspelt = {n for m in block.members if isinstance(m, ast.Field) and schema.field(m.name.name) is None
+                    for n in near_names(m.name.name, [f.name for f in missing])}
         for f in missing:
+            if f.name in misspelt:
+                continue
             self.err("missing-field", f"{what} has no `{f.name}`", block.name.span,
                      f"`{f.name}` is required",
                      help=f"add `{f.name} = ...`" + (f" ({f.doc})" if f.doc else "") +
@@ -212,26 +217,35 @@ class _Checker:
         path: list[tuple[BlockDef, object]] = []
         reported: set[frozenset] = set()
 
-        def visit(b: BlockDef) -> None:
-            state[id(b)] = 1
-            for dst, span in edges.get(id(b), ()):
-                if state.get(id(dst)) == 1:
-                    start = next(i for i, (p, _) in enumerate(path + [(b, span)]) if p is dst) \
-                        if any(p is dst for p, _ in path) else len(path)
-                    cycle = [p for p, _ in path[start:]] + [b]
-                    key = frozenset(id(c) for c in cycle)
-                    if key not in reported:
-                        reported.add(key)
-                        names = " → ".join(f"`{c.name.name}`" for c in cycle + [dst])
-                        self.err("cycle", f"{cycle[0].kind.name}s depend on each other: {names}",
-                                 span, "this reference closes the cycle",
-                                 help="a stage starts from a base model or an earlier stage; "
-                                      "break the cycle")
-                elif state.get(id(dst)) is None:
-                    path.append((b, span))
-                    visit(dst)
-                    path.pop()
-            state[id(b)] = 2
+        def visit(root: BlockDef) -> None:
+            # Depth first with a stack of its own: a chain of 1,000 stages is 1,000 levels deep.
+            state[id(root)] = 1
+            todo = [(root, iter(edges.get(id(root), ())))]
+            while todo:
+                b, pending = todo[-1]
+                for dst, span in pending:
+                    if state.get(id(dst)) == 1:
+                        start = next(i for i, (p, _) in enumerate(path + [(b, span)]) if p is dst) \
+                            if any(p is dst for p, _ in path) else len(path)
+                        cycle = [p for p, _ in path[start:]] + [b]
+                        key = frozenset(id(c) for c in cycle)
+                        if key not in reported:
+                            reported.add(key)
+                            names = " → ".join(f"`{c.name.name}`" for c in cycle + [dst])
+                            self.err("cycle", f"{cycle[0].kind.name}s depend on each other: {names}",
+                                     span, "this reference closes the cycle",
+                                     help="a stage starts from a base model or an earlier stage; "
+                                          "break the cycle")
+                    elif state.get(id(dst)) is None:
+                        path.append((b, span))
+                        state[id(dst)] = 1
+                        todo.append((dst, iter(edges.get(id(dst), ()))))
+                        break
+                else:
+                    state[id(b)] = 2
+                    todo.pop()
+                    if todo:
+                        path.pop()
 
         for b in blocks:
             if state.get(id(b)) is None:
@@ -518,6 +532,10 @@ class _Checker:
         lora = None
         if isinstance(adapter, FuncValue):
             a = adapter.args
+            model = self._root_model(b)
+            self.ev.lora_targets(c.nodes["adapter"].value, tuple(a["targets"]), model,
+                                 self.checked[id(model)].values.get("from")
+                                 if model is not None and id(model) in self.checked else None)
             lora = plan.LoraPlan(a["r"], float(a["alpha"] if a["alpha"] is not None else 2 * a["r"]),
                                  a["dropout"], tuple(a["targets"]), a["bias"], a["rslora"], a["dora"])
         skip = {"method", "model", "data", "adapter", "needs"}

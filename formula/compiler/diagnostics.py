@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Sequence
 
-from .source import Span
+from .source import Span, printable
 
 
 class Severity(str, Enum):
@@ -117,19 +117,40 @@ def sort_key(d: Diagnostic) -> tuple:
     return (d.span.source.path, d.span.start, d.span.end)
 
 
+MAX_LINE = 150  # longer source lines are shown as a window around the span
+MAX_SPAN_LINES = 6  # a longer span shows its first and last lines
+
+
+def _window(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """A line cut to MAX_LINE columns around [start, end), and the span's columns in it."""
+    if len(text) <= MAX_LINE:
+        return text, start, end
+    lo = max(0, min(start - 40, len(text) - MAX_LINE))
+    hi = lo + MAX_LINE
+    shown = ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+    shift = 1 if lo else 0
+    return shown, max(0, start - lo) + shift, max(0, min(end, hi) - lo) + shift
+
+
 def _snippet(span: Span, marker: str, message: str, gutter: int) -> list[str]:
     src = span.source
     lines = []
     pad = " " * gutter
     last_line = min(span.end_line, src.line_count)
-    for line_no in range(span.line, last_line + 1):
-        text = src.line_text(line_no)
-        lines.append(f"{str(line_no).rjust(gutter)} | {text}".rstrip())
+    numbers = list(range(span.line, last_line + 1))
+    if len(numbers) > MAX_SPAN_LINES:
+        numbers = numbers[:3] + [0] + numbers[-2:]
+    for line_no in numbers:
+        if line_no == 0:
+            lines.append(f"{'.' * gutter} |")
+            continue
+        text = printable(src.line_text(line_no))
         start = span.column - 1 if line_no == span.line else len(text) - len(text.lstrip())
         end = span.end_column - 1 if line_no == span.end_line else len(text)
         if span.end > span.start and line_no == span.end_line and end <= start and line_no != span.line:
-            lines.pop()  # a span ending at column 1 does not reach into this line
-            break
+            break  # a span ending at column 1 does not reach into this line
+        text, start, end = _window(text, start, end)
+        lines.append(f"{str(line_no).rjust(gutter)} | {text}".rstrip())
         width = max(1, end - start)
         tail = f" {message}" if message and line_no == last_line else ""
         lines.append(f"{pad} | {' ' * start}{marker * width}{tail}".rstrip())

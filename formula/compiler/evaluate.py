@@ -6,13 +6,16 @@ silently so that one mistake is reported once.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 
 from . import ast, plan, types as T
-from .diagnostics import Diagnostic, Label, did_you_mean, error, one_of, warning
+from .diagnostics import (Diagnostic, Label, did_you_mean, edit_distance, error, near_names,
+                          one_of, warning)
 from .resolve import BlockDef, Program, Scope, VarDef
-from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, VAR_TYPES
+from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS, VAR_TYPES
 from .source import Span
 
 
@@ -76,6 +79,7 @@ class Evaluator:
         self.current_block: BlockDef | None = None
         self.holdout_uses: list[tuple[plan.DataView, BlockDef, ast.Expr]] = []
         self._condition_text = ""
+        self._priming = False
 
     def err(self, *args, **kw) -> _Invalid:
         self.diags.append(error(*args, **kw))
@@ -96,6 +100,10 @@ class Evaluator:
         if key in self.var_busy:
             return self.err("var-cycle", f"var `{name}` is defined in terms of itself",
                             at or var.decl.name.span, "used here while computing its value")
+        if not self.var_busy and not self._priming:
+            self._prime(scope, name)
+            if key in self.var_values:
+                return self.var_values[key]
         typ = self.var_type(var)
         if typ is None:
             self.var_values[key] = INVALID
@@ -118,6 +126,49 @@ class Evaluator:
             value = self._check_var_constraints(var, value, scope)
         self.var_values[key] = value
         return value
+
+    def _prime(self, scope: Scope, name: str) -> None:
+        """Evaluate the vars that `name` depends on first, deepest first, so that a long chain
+        of vars (`var v2 = v1 + 1` ...) is never evaluated by deep recursion."""
+        order: list[tuple[Scope, str]] = []
+        seen = {(id(scope), name)}
+        todo = [(scope, name, iter(self._var_deps(scope, name)))]
+        while todo:
+            s, n, deps = todo[-1]
+            for dep_scope, dep in deps:
+                if (id(dep_scope), dep) not in seen and (id(dep_scope), dep) not in self.var_values:
+                    seen.add((id(dep_scope), dep))
+                    todo.append((dep_scope, dep, iter(self._var_deps(dep_scope, dep))))
+                    break
+            else:
+                todo.pop()
+                order.append((s, n))
+        self._priming = True
+        try:
+            for s, n in order[:-1]:
+                self.var_value(s, n, None)
+        finally:
+            self._priming = False
+
+    def _var_deps(self, scope: Scope, name: str) -> list[tuple[Scope, str]]:
+        var = scope.vars[name]
+        if var.value is None:
+            return []
+        where = var.value_scope or scope
+        out = []
+        stack: list = [var.value]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, tuple):
+                stack.extend(node)
+                continue
+            ref = self.lookup_var(node, where) if isinstance(node, (ast.Name, ast.Attr)) else None
+            if ref is not None:
+                out.append((where, ref.decl.name.name))
+            if hasattr(node, "__dataclass_fields__"):
+                stack.extend(getattr(node, f) for f in node.__dataclass_fields__
+                             if f not in ("span", "name", "attr"))
+        return out
 
     def _check_var_constraints(self, var: VarDef, value: object, scope: Scope) -> object:
         decl = var.decl
@@ -199,6 +250,8 @@ class Evaluator:
                     one_of(current.uses[name.name].blocks)
             return self.err("undefined", f"`{name.name}` is not defined", name.span,
                             "no block of this name", help=hint)
+        if block.kind.name not in SCHEMAS:
+            return INVALID  # `unknown block kind` is reported once, at the block
         rest = parts[i + 1:]
         if len(rest) > 1:
             return self.err("undefined", f"`{'.'.join(p.name for p in parts)}` goes too deep",
@@ -516,6 +569,7 @@ class Evaluator:
                 expr.func.name != func.name:
             return self._mismatch(expr, func)
         args: dict[str, object] = {}
+        given: dict[str, ast.Expr] = {}
         positional = [p for p in func.params if p.positional]
         ok = True
         for i, arg in enumerate(expr.args):
@@ -527,6 +581,7 @@ class Evaluator:
                 continue
             p = positional[i]
             args[p.name] = self.eval(arg, p.type, scope)
+            given[p.name] = arg
         for kw in expr.kwargs:
             p = func.param(kw.name.name)
             if p is None:
@@ -542,6 +597,7 @@ class Evaluator:
                 ok = False
                 continue
             args[p.name] = self.eval(kw.value, p.type, scope)
+            given[p.name] = kw.value
         for p in func.params:
             if p.name not in args:
                 if p.required:
@@ -555,7 +611,56 @@ class Evaluator:
                     args[p.name] = p.default
         if not ok or any(v is INVALID for v in args.values()):
             return INVALID
+        for name, arg in given.items():
+            if (func.name, name) in LOCAL_PATHS and isinstance(args[name], str):
+                self._local_path(func.name, name, args[name], arg)
         return FuncValue(func.name, args, expr.span)
+
+    def _local_path(self, func: str, param: str, value: str, at: ast.Expr) -> None:
+        """A file or folder the build will read, named relative to the formula, must exist.
+        Paths under `~` or absolute ones name places on the machine that builds, which need
+        not be the one that checks (CI), and are looked for when the build reads them."""
+        block = self.current_block
+        if block is None or not value or value.startswith("~") or os.path.isabs(value):
+            return
+        # as lowering resolves them: suites from the file that holds the eval, the rest from
+        # the formula the block belongs to
+        base = block.span.source.path if func == "prompts" else block.scope.path
+        kind, what = LOCAL_PATHS[(func, param)]
+        path = os.path.normpath(os.path.join(os.path.dirname(base), value))
+        if kind == "glob":
+            fixed = re.split(r"[*?\[]", path, 1)[0]
+            if fixed == path:
+                kind = "file"
+            else:
+                path = os.path.dirname(fixed) or "."
+                kind, what = "folder", f"the folder of {what}"
+        if kind == "folder" and os.path.isdir(path) or kind == "file" and os.path.isfile(path):
+            return
+        exists = os.path.exists(path)
+        self.err("missing-file", f"{what} `{value}` " + (
+            f"is not a {kind}" if exists else "does not exist"), at.span,
+            f"{'found' if exists else 'no'} {kind} {path}" if kind == "folder" or not exists
+            else f"{path} is not a file",
+            help=f"paths are relative to the folder of the formula that names them, `{base}`")
+
+    def lora_targets(self, call: ast.Expr, targets: tuple, model: BlockDef | None,
+                     source: object) -> None:
+        """LoRA targets that name no module of the model, where its family is known: made by
+        `init`, or a local folder or a hub model in the local cache whose config.json says."""
+        family = model_family(model, source)
+        if family is None or family not in LORA_MODULES:
+            return
+        names = LORA_MODULES[family]
+        nodes = _target_nodes(call)
+        for t in targets:
+            if t in names or t in ("all-linear", "lm_head", "embed_tokens"):
+                continue
+            at = nodes.get(t) or nodes.get("") or call
+            self.err("unknown-target", f"no module of a {family} model is called `{t}`", at.span,
+                     "no such module", labels=[Label(model.name.span, f"a {family} model")]
+                     if model is not None else [],
+                     help=_closest(t, names) + f"its linear modules: {one_of(names)}, or `all-linear`")
 
     def _eval_Ref(self, expr, typ: T.Ref, scope):
         if isinstance(expr, ast.Name) and self.lookup_var(expr, scope) and expr.name not in scope.blocks:
@@ -809,6 +914,88 @@ class Evaluator:
             self.diags.append(warning(
                 "eval-on-train", f"this measures `{block.name.name}`'s training split", at.span,
                 "training data", help=f"measure held-out data: `{block.name.name}.holdout`"))
+
+
+# (function, argument) -> (file, folder or glob; what it is), for paths the build reads.
+LOCAL_PATHS = {
+    ("gastown", "projects"): ("folder", "the projects folder"),
+    ("gastown", "beads"): ("file", "the beads export"),
+    ("transcripts", "glob"): ("glob", "the transcripts"),
+    ("sidecar", "path"): ("file", "the metadata file"),
+    ("path", "dir"): ("folder", "the model folder"),
+    ("prompts", "file"): ("file", "the prompt suite"),
+}
+
+# The linear modules LoRA can target, by model family (transformers' `model_type`).
+_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_MODULES = {
+    "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE, "gemma2": _LLAMA_LIKE, "granite": _LLAMA_LIKE, "olmo2": _LLAMA_LIKE,
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+
+def model_family(model: BlockDef | None, source: object) -> str | None:
+    """A model's `model_type`, where it can be known without a download."""
+    if not isinstance(source, FuncValue):
+        return None
+    if source.name == "init":
+        return source.args.get("arch")
+    config = None
+    if source.name == "path" and model is not None:
+        folder = os.path.expanduser(source.args["dir"])
+        config = os.path.join(os.path.dirname(os.path.abspath(model.scope.path)), folder, "config.json")
+    elif source.name == "hub":
+        config = _cached_hub_config(source.args["id"], source.args.get("revision") or "main")
+    if not config:
+        return None
+    try:
+        with open(config, encoding="utf-8") as fh:
+            kind = json.load(fh).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _cached_hub_config(repo: str, revision: str) -> str | None:
+    """config.json of a hub model in the local Hugging Face cache (no network, no import)."""
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+    folder = os.path.join(cache, "models--" + repo.replace("/", "--"))
+    commit = revision
+    try:
+        with open(os.path.join(folder, "refs", revision), encoding="utf-8") as fh:
+            commit = fh.read().strip()
+    except OSError:
+        pass
+    path = os.path.join(folder, "snapshots", commit, "config.json")
+    return path if os.path.isfile(path) else None
+
+
+def _closest(name: str, names) -> str:
+    near = near_names(name, names)
+    if not near:
+        return ""
+    best = min(edit_distance(name, n) for n in near)
+    return f"did you mean `{next(n for n in near if edit_distance(name, n) == best)}`? "
+
+
+def _target_nodes(call: ast.Expr) -> dict[str, ast.Expr]:
+    """The names in a `lora(targets = [...])` call, to point at the one that is wrong."""
+    out: dict[str, ast.Expr] = {}
+    if isinstance(call, ast.Call):
+        for kw in call.kwargs:
+            if kw.name.name == "targets":
+                items = kw.value.items if isinstance(kw.value, ast.ListExpr) else (kw.value,)
+                for item in items:
+                    if isinstance(item, ast.Name):
+                        out.setdefault(item.name, item)
+                    else:
+                        out.setdefault(str(getattr(item, "value", "")), item)
+                out.setdefault("", kw.value)
+    return out
 
 
 def _fits(expr: ast.Expr, typ: T.Type) -> bool:

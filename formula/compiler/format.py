@@ -13,14 +13,23 @@ import re
 
 from . import ast
 from .diagnostics import Diagnostic
-from .parse import parse
-from .source import Source
+from .parse import parse, undecodable
+from .source import Source, decode
 
 INDENT = "  "
 MAX_WIDTH = 100
 
 # Binding strength of each expression form; a child weaker than its slot needs parentheses.
 _WHERE, _OR, _AND, _NOT, _CMP, _SUM, _PRODUCT, _UNARY, _POSTFIX, _ATOM = range(1, 11)
+
+
+def format_bytes(path: str, data: bytes | str) -> tuple[str | None, list[Diagnostic]]:
+    """A file's bytes in the canonical layout (UTF-8, no byte-order mark); None and the
+    diagnostics when they are not a formula that parses."""
+    text, bad = decode(data)
+    if bad is not None:
+        return None, [undecodable(path, text, bad)]
+    return format_source(Source(path, text))
 
 
 def format_source(source: Source) -> tuple[str | None, list[Diagnostic]]:
@@ -108,8 +117,13 @@ class _Comments:
             return "  " + c.text.rstrip()
         return ""
 
-    def peek_start(self) -> int | None:
-        return self.items[self.i].span.start if self.i < len(self.items) else None
+    def peek_start(self, after: int = -1) -> int | None:
+        """Where the next comment not yet written starts, passing over those before `after`
+        (a comment inside the previous member's value is written with that member)."""
+        j = self.i
+        while j < len(self.items) and self.items[j].span.start < after:
+            j += 1
+        return self.items[j].span.start if j < len(self.items) else None
 
 
 class _Formatter:
@@ -126,14 +140,15 @@ class _Formatter:
         while i < len(items):
             item = items[i]
             is_block = isinstance(item, ast.Block) or (isinstance(item, ast.Use) and item.args)
-            start = self._lead_start(item.span.start)
+            start = self._lead_start(item.span.start, prev_end if prev_end is not None else -1)
             if prev_end is not None and (is_block or prev_block or self._gap(prev_end, start)):
                 self.out.append("")
             # runs of vars or overrides are laid out in columns together
             if isinstance(item, (ast.VarDecl, ast.Override)):
                 run = [item]
                 while (i + 1 < len(items) and type(items[i + 1]) is type(item)
-                       and not self._gap(run[-1].span.end, self._lead_start(items[i + 1].span.start))
+                       and not self._gap(run[-1].span.end, self._lead_start(items[i + 1].span.start,
+                                                                            run[-1].span.end))
                        and self._no_comment_between(run[-1].span.end, items[i + 1].span.end)):
                     i += 1
                     run.append(items[i])
@@ -157,12 +172,12 @@ class _Formatter:
     def _gap(self, end: int, start: int) -> bool:
         return bool(re.search(r"\n[ \t\r]*\n", self.text[end:start]))
 
-    def _lead_start(self, offset: int) -> int:
-        nxt = self.comments.peek_start()
+    def _lead_start(self, offset: int, after: int = -1) -> int:
+        nxt = self.comments.peek_start(after)
         return nxt if nxt is not None and nxt < offset else offset
 
     def _no_comment_between(self, end: int, start: int) -> bool:
-        nxt = self.comments.peek_start()
+        nxt = self.comments.peek_start(end)
         return nxt is None or not (end <= nxt < start) or \
             self.module.source.line_col(nxt)[0] == self.module.source.line_col(end)[0]
 
@@ -206,14 +221,15 @@ class _Formatter:
         i, prev_end = 0, None
         while i < len(members):
             m = members[i]
-            start = self._lead_start(m.span.start)
+            start = self._lead_start(m.span.start, prev_end if prev_end is not None else -1)
             if prev_end is not None and self._gap(prev_end, start):
                 self.out.append("")
             self._leading(m.span.start, inner)
             if isinstance(m, ast.Field):
                 run = [m]
                 while (i + 1 < len(members) and isinstance(members[i + 1], ast.Field)
-                       and not self._gap(run[-1].span.end, self._lead_start(members[i + 1].span.start))
+                       and not self._gap(run[-1].span.end, self._lead_start(members[i + 1].span.start,
+                                                                            run[-1].span.end))
                        and self._no_comment_between(run[-1].span.end, members[i + 1].span.end)):
                     i += 1
                     run.append(members[i])

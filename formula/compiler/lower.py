@@ -150,7 +150,18 @@ class _Lowering:
         return self.tokenize(view.name, model, pack_to)
 
     def stage(self, name: str) -> str:
+        if f"train.{name}" in self.steps:
+            return f"train.{name}"
         s = self.plan.stages[name]
+        # Lower a chain of earlier stages from its first one, so that each is lowered once and
+        # no call goes deep: 1,000 chained stages take linear time and no recursion.
+        chain, seen, m = [], set(), s.model
+        while m in self.plan.stages and f"train.{m}" not in self.steps and m not in seen:
+            chain.append(m)
+            seen.add(m)
+            m = self.plan.stages[m].model
+        for earlier in reversed(chain[1:]):
+            self.stage(earlier)
         start = self.stage(s.model) if s.model in self.plan.stages else self.model(s.model)
         root = self.root_model(name)
         pack_to = None

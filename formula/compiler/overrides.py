@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ast
-from .diagnostics import Diagnostic, error
+from .diagnostics import Diagnostic, Label, error
 from .parse import parse_expression
 from .resolve import CliOverride
 from .source import Source
@@ -68,6 +68,7 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> tuple[tuple[CliOverrid
     parser = OverridesParser.create()
     out: list[CliOverride] = []
     diags: list[Diagnostic] = []
+    seen: dict[str, object] = {}  # each key once: which of two values wins is not obvious
     offset = 0
     for arg in args:
         start = text.index(arg, offset)
@@ -95,11 +96,25 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> tuple[tuple[CliOverrid
             diags.append(error("bad-override", f"`{key}` is not a field path", span,
                                "expected `kind.block.field` or `var.name`"))
             continue
+        canonical = ".".join(["var" if parts[0].name == "param" else parts[0].name]
+                             + [p.name for p in parts[1:]])
+        if canonical in seen:
+            diags.append(error("duplicate-override", f"`{canonical}` is set twice on the command line",
+                               span, "set again", labels=[Label(seen[canonical], "first set here")],
+                               help="keep one of them"))
+            continue
+        seen[canonical] = span
         if o.type is OverrideType.DEL:
             out.append(CliOverride(tuple(parts), None, span))
             continue
         raw = arg.split("=", 1)[1]
         value_start = start + len(arg) - len(raw)
+        if not raw.strip():
+            diags.append(error("bad-override", f"`{key}` has no value", source.span(value_start - 1, value_start),
+                               "nothing after `=`",
+                               help=f"write a value (`{key}=...`); `~{key}` drops the field back to "
+                                    f"its default, and `{key}=''` sets an empty string"))
+            continue
         value = _value(source, raw, value_start, o, diags)
         if value is not None:
             out.append(CliOverride(tuple(parts), value, span, raw))

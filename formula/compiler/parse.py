@@ -10,16 +10,23 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Tree, v_args
+from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
 
 from . import ast
 from .diagnostics import Diagnostic, Label, error
-from .source import Source, Span
+from .source import BOM, Source, Span, char_name
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
+# Codes of the diagnostics parsing gives: after any of them the file is not checked further,
+# since what is left of it would only echo the mistake.
+PARSE_CODES = frozenset({"syntax", "confusable", "too-deep", "encoding"})
 MAX_SYNTAX_ERRORS = 20
+# Expressions nest at most this deep (each operator of a chain is a level); every later pass
+# walks expressions recursively, and this keeps them far from Python's recursion limit.
+MAX_DEPTH = 100
 
 
 class NewlineFilter(PostLex):
@@ -54,8 +61,10 @@ def _parser() -> Lark:
 
 def parse(source: Source) -> tuple[ast.Module, list[Diagnostic]]:
     """Parse a whole formula. Returns the AST of what parsed and the syntax errors."""
-    diagnostics: list[Diagnostic] = []
     text = source.text
+    if text.startswith(BOM):
+        text = " " + text[1:]  # a byte-order mark is not part of the formula
+    text, diagnostics = _confusables(source, text)
     comments: list[Token] = []
     while True:
         comments.clear()
@@ -64,12 +73,20 @@ def parse(source: Source) -> tuple[ast.Module, list[Diagnostic]]:
             break
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(source, text, exc))
-            blanked = _skip_item(text, _error_offset(exc, text), _opening(text, _error_offset(exc, text)))
+            offset = _error_offset(exc, text)
+            blanked = _repair(text, offset) if isinstance(exc, UnexpectedCharacters) else None
+            if blanked is None:
+                blanked = _skip_item(text, offset, _opening(text, offset))
             if blanked == text or len(diagnostics) >= MAX_SYNTAX_ERRORS:
                 tree = None
                 break
             text = blanked
-    items = _ToAst(source).transform(tree).children if tree is not None else []
+    items = []
+    if tree is not None:
+        for child in tree.children:
+            if isinstance(child, Tree) and _too_deep(source, child, diagnostics):
+                continue
+            items.append(_ToAst(source).transform(child))
     module = ast.Module(
         source=source,
         items=tuple(items),
@@ -108,7 +125,152 @@ def parse_expression(source: Source) -> tuple[ast.Expr | None, list[Diagnostic]]
         tree = _parser().parse(source.text, start="expr")
     except UnexpectedInput as exc:
         return None, [_syntax_diagnostic(source, source.text, exc)]
+    diagnostics: list[Diagnostic] = []
+    if isinstance(tree, Tree) and _too_deep(source, tree, diagnostics):
+        return None, diagnostics
     return _ToAst(source).transform(tree), []
+
+
+def undecodable(path: str, text: str, bad) -> Diagnostic:
+    """The diagnostic for a file whose bytes are not UTF-8 (`source.decode` found where)."""
+    span = Source(path, text).span(bad.offset, bad.offset + 1)
+    if bad.binary:
+        return error("encoding", f"`{path}` is a binary file, not a formula", span,
+                     f"byte 0x{bad.byte:02X} is not text", help="formulas are UTF-8 text; check the path")
+    return error("encoding", f"`{path}` is not UTF-8 text", span, f"byte 0x{bad.byte:02X} is not UTF-8",
+                 help="save the file as UTF-8 (a Latin-1 file converts with `iconv -f latin1 -t utf-8`)")
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+_EXPR_RULES = frozenset({"where", "or_", "and_", "not_", "compare", "contains", "binop", "neg",
+                         "attr", "call", "list"})
+
+
+def _too_deep(source: Source, tree: Tree, diagnostics: list[Diagnostic]) -> bool:
+    """Report an expression nested deeper than MAX_DEPTH in this item (walked without
+    recursion, as any size of input may come here)."""
+    deepest, outer = 0, None
+    stack: list[tuple[Tree, int, Tree | None]] = [(tree, 0, None)]
+    while stack:
+        node, depth, top = stack.pop()
+        if node.data in _EXPR_RULES:
+            depth += 1
+            top = top or node
+            if depth > deepest:
+                deepest, outer = depth, top
+        stack.extend((c, depth, top) for c in node.children if isinstance(c, Tree))
+    if deepest <= MAX_DEPTH:
+        return False
+    start = getattr(outer.meta, "start_pos", 0) or 0
+    end = getattr(outer.meta, "end_pos", start) or start
+    line_end = source.text.find("\n", start)
+    if line_end >= 0:
+        end = min(end, line_end)
+    diagnostics.append(error(
+        "too-deep", f"this expression nests {deepest} levels deep; the limit is {MAX_DEPTH}",
+        source.span(start, end), "nested too deeply",
+        help="each operator, `not`, `-`, call, `.` and `[` adds a level; write it more simply"))
+    return True
+
+
+# --- confusable characters ---------------------------------------------------------------------
+
+# Characters that look like (or stand where one meant) a character of the language:
+# character -> (what was meant, a one-character stand-in used to go on parsing).
+_SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_LOOKALIKE = {
+    **{c: (" ", " ") for c in _SPACES},
+    **{c: ("", " ") for c in _INVISIBLE},
+    "\u201c": ('"', '"'), "\u201d": ('"', '"'), "\u201e": ('"', '"'), "\u00ab": ('"', '"'),
+    "\u00bb": ('"', '"'), "\u2018": ('"', '"'), "\u2019": ('"', '"'),
+    "\u2010": ("-", "-"), "\u2011": ("-", "-"), "\u2012": ("-", "-"), "\u2013": ("-", "-"),
+    "\u2014": ("-", "-"), "\u2212": ("-", "-"), "\u00d7": ("*", "*"), "\u2215": ("/", "/"),
+    "\u2264": ("<=", "<"), "\u2265": (">=", ">"), "\u2260": ("!=", "="),
+    # Cyrillic and Greek letters that look like Latin ones
+    **{c: (l, l) for c, l in zip("\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04bb\u051b\u051d",
+                                 "aeopcyxijsdhqw")},
+    **{c: (l, l) for c, l in zip("\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0406\u0408\u0405",
+                                 "ABEKMHOPCTXIJS")},
+    **{c: (l, l) for c, l in zip("\u03bf\u03bd\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a7\u03a5",
+                                 "ovABEZHIKMNOPTXY")},
+    # full-width forms of ASCII
+    **{chr(c): (chr(c - 0xFEE0), chr(c - 0xFEE0)) for c in range(0xFF01, 0xFF5F)},
+}
+_CONTROL = "".join(chr(c) for c in [*range(0, 9), 11, 12, *range(14, 32), 127])
+_LOOKALIKE.update({c: ("", " ") for c in _CONTROL})
+_CONFUSABLE_SCAN = re.compile(
+    r'"(?:[^"\\\n' + re.escape(_CONTROL) + r']|\\[^' + re.escape(_CONTROL) + r'])*"?|#[^\n]*|(['
+    + re.escape("".join(_LOOKALIKE)) + "])")
+
+
+def _confusables(source: Source, text: str) -> tuple[str, list[Diagnostic]]:
+    """Report characters that look like the language's own (outside strings and comments),
+    one diagnostic per character, and stand the intended character in for the parse."""
+    found: dict[str, list[int]] = {}  # what was meant -> where (one diagnostic each)
+    for m in _CONFUSABLE_SCAN.finditer(text):
+        if m.group(1) is not None:
+            ch = m.group(1)
+            meant = ("\0" if ch in _INVISIBLE else "\1" if ch in _CONTROL else " " if ch in _SPACES
+                     else _LOOKALIKE[ch][0])
+            found.setdefault(meant, []).append(m.start(1))
+    if not found:
+        return text, []
+    chars = list(text)
+    for offsets in found.values():
+        for o in offsets:
+            ch = text[o]
+            stand_in = _LOOKALIKE[ch][1]
+            if ch in _INVISIBLE and 0 < o < len(chars) - 1 and _is_word(chars[o - 1]) \
+                    and _is_word(chars[o + 1]):
+                stand_in = "_"  # inside a name: keep it one name
+            chars[o] = stand_in
+    fixed = "".join(chars)
+    diagnostics = []
+    for offsets in found.values():
+        at = offsets[0]
+        ch = text[at]
+        meant = _LOOKALIKE[ch][0]
+        span = source.span(at, at + 1)
+        word = _word_at(fixed, at) if meant.strip() else ""
+        if ch in _SPACES:
+            d = error("confusable", f"{char_name(ch)} where a space belongs", span,
+                      "not a plain space", help="replace it with a plain space (no-break spaces "
+                      "come with text pasted from web pages and documents)")
+        elif ch in _CONTROL:
+            d = error("confusable", f"control character {char_name(ch)}", span,
+                      "a control character is here", help="delete it")
+        elif ch in _INVISIBLE:
+            d = error("confusable", f"invisible character {char_name(ch)}", span,
+                      "an invisible character is here", help="delete it")
+        else:
+            d = error("confusable", f"`{ch}` is {char_name(ch)}, not `{meant}`", span,
+                      f"looks like `{meant}`",
+                      help=f"write `{meant}`" + (f": `{word}`" if word and word != meant else ""))
+        if len(offsets) > 1:
+            lines = sorted({source.line_col(o)[0] for o in offsets[1:]})
+            shown = ", ".join(str(n) for n in lines[:8]) + (", ..." if len(lines) > 8 else "")
+            d = Diagnostic(d.severity, d.code, d.message, d.span, d.label, d.labels, d.help,
+                           (f"{len(offsets) - 1} more like it: line{'s' if len(lines) > 1 else ''} "
+                            f"{shown}",))
+        diagnostics.append(d)
+    return fixed, diagnostics
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def _word_at(text: str, offset: int) -> str:
+    start = offset
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_") and text[start - 1].isascii():
+        start -= 1
+    end = offset + 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[end].isascii():
+        end += 1
+    word = text[start:end]
+    return word if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", word) else ""
 
 
 # --- recovery ----------------------------------------------------------------------------------
@@ -145,6 +307,27 @@ def _skip_item(text: str, offset: int, opening: _Opening | None) -> str:
     return text[:start] + blank + text[end:]
 
 
+def _repair(text: str, offset: int) -> str | None:
+    """Mend the text at an unexpected character so that the rest still parses, keeping every
+    position: an unterminated string is closed before the brackets that end its line, and a
+    single-quoted string gets double quotes. None when there is no such mend."""
+    ch = text[offset:offset + 1]
+    end = text.find("\n", offset)
+    end = len(text) if end < 0 else end
+    if ch == '"':
+        line = text[offset:end].rstrip(" \t\r")
+        closers = len(line) - len(line.rstrip(")]},"))
+        body = len(line) - closers
+        if body >= 2:
+            return text[:offset] + '"' + "x" * (body - 2) + '"' + text[offset + body:]
+        return None
+    if ch == "'":
+        m = re.compile(r"'[^'\n]*'").match(text, offset)
+        if m:
+            return text[:offset] + '"' + "x" * (len(m.group()) - 2) + '"' + text[m.end():]
+    return None
+
+
 # --- friendly syntax errors --------------------------------------------------------------------
 
 _TERMINAL_NAMES = {
@@ -171,31 +354,76 @@ class _Opening:
         self.char, self.offset, self.new_item = char, offset, new_item
 
 
+_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[{}()\[\]]')
+_CLOSER = {"{": "}", "(": ")", "[": "]"}
+_OPENER = {v: k for k, v in _CLOSER.items()}
+
+
+def _open_brackets(text: str, offset: int) -> list[tuple[str, int]]:
+    """The brackets still open at `offset`, outermost first (strings and comments skipped)."""
+    stack: list[tuple[str, int]] = []
+    for m in _BRACKETS.finditer(text, 0, offset):
+        tok = m.group(0)
+        if tok in _CLOSER:
+            stack.append((tok, m.start()))
+        elif tok in _OPENER and stack and stack[-1][0] == _OPENER[tok]:
+            stack.pop()
+    return stack
+
+
+def _closed_later(text: str, offset: int, char: str) -> bool:
+    """Whether the bracket `char` open at `offset` is closed further on, before a new item."""
+    depth = 0
+    for m in _BRACKETS.finditer(text, offset):
+        tok = m.group(0)
+        if tok in _CLOSER:
+            depth += 1
+        elif tok in _OPENER:
+            if depth == 0:
+                return tok == _CLOSER[char]
+            depth -= 1
+        elif tok[0] != "#" and tok[0] != '"':
+            continue
+        line_start = _line_start(text, m.start())
+        if line_start > offset and _ITEM_START.match(text, line_start) and depth == 0:
+            return False
+    return False
+
+
+def _newline_before(text: str, offset: int) -> bool:
+    """Whether a line break separates `offset` from the token before it."""
+    i = offset - 1
+    while i >= 0 and text[i] in " \t\r\f":
+        i -= 1
+    return i >= 0 and text[i] == "\n"
+
+
 def _opening(text: str, offset: int) -> _Opening | None:
     """The bracket still open at `offset` that explains the error, if any.
 
-    An open `(` or `[` wins over a `{`, since newlines inside them are not item ends; a `{` is
-    reported when the error is at the end of the file or on a new item in column 1.
+    An open `(` or `[` wins over a `{`: it is reported when the file ends, when a closer of
+    another kind comes, or when the error is on a later line and nothing closes it further on.
+    A `{` is reported when the file ends, or when a new item starts in column 1 on a line
+    after the one that opened it.
     """
-    stack: list[tuple[str, int]] = []
-    pairs = {"}": "{", ")": "(", "]": "["}
-    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[{}()\[\]]', text[:offset]):
-        tok = m.group(0)
-        if tok in "{([":
-            stack.append((tok, m.start()))
-        elif tok in pairs and stack and stack[-1][0] == pairs[tok]:
-            stack.pop()
+    stack = _open_brackets(text, offset)
     if not stack:
         return None
     at_end = offset >= len(text.rstrip())
     line_start = _line_start(text, offset)
     new_item = bool(_ITEM_START.match(text, line_start)) and text[line_start] != "}"
-    for char, pos in reversed(stack):
-        if char in "([" and (at_end or text[offset:offset + 1] in "}" or new_item):
-            return _Opening(char, pos, new_item)
-    braces = [pos for char, pos in stack if char == "{"]
-    if braces and (at_end or new_item):
-        return _Opening("{", braces[0], new_item)
+    here = text[offset:offset + 1]
+    char, pos = stack[-1]
+    if char in "([":
+        mismatched = here in _OPENER and here != _CLOSER[char]
+        if at_end or mismatched or (_newline_before(text, offset) and not _closed_later(text, offset, char)):
+            return _Opening(char, pos, new_item and _newline_before(text, offset))
+        return None
+    braces = [p for c, p in stack if c == "{"]
+    if at_end:
+        return _Opening("{", braces[0], False)
+    if new_item and _line_start(text, pos) < line_start:
+        return _Opening("{", braces[-1] if len(braces) == 1 else braces[0], True)
     return None
 
 
@@ -203,28 +431,13 @@ def _syntax_diagnostic(source: Source, text: str, exc: UnexpectedInput) -> Diagn
     offset = _error_offset(exc, text)
     at_end = offset >= len(text.rstrip())
     if isinstance(exc, UnexpectedCharacters):
-        ch = text[offset]
-        if ch == '"':
-            end = text.find("\n", offset)
-            span = source.span(offset, end if end >= 0 else len(text))
-            return error("syntax", "unterminated string", span, "this string never ends",
-                         help='close the string with `"` on the same line')
-        if ch == ":" or ch == ";":
-            return _habit(source, offset, ch)
-        for habit, word in (("&&", "and"), ("||", "or"), ("!", "not")):
-            if text.startswith(habit, offset):
-                return error("syntax", f"`{habit}` is not an operator here",
-                             source.span(offset, offset + len(habit)), f"write `{word}`",
-                             help=f"conditions use `and`, `or` and `not`")
-        return error("syntax", f"unexpected character `{ch}`", source.span(offset, offset + 1),
-                     "not part of the formula language",
-                     help=_expected_help(exc.allowed or set()))
+        return _unexpected_character(source, text, offset, exc)
 
     expected = set(getattr(exc, "expected", None) or getattr(exc, "accepts", None) or ())
     tok = exc.token if isinstance(exc, UnexpectedToken) else None
     opening = _opening(text, offset)
     if opening is not None:
-        closer = {"{": "}", "(": ")", "[": "]"}[opening.char]
+        closer = _CLOSER[opening.char]
         what = "block" if opening.char == "{" else f"`{opening.char}`"
         opener = (source.span(_line_start(text, opening.offset), opening.offset + 1)
                   if opening.char == "{" else source.span(opening.offset, opening.offset + 1))
@@ -235,23 +448,63 @@ def _syntax_diagnostic(source: Source, text: str, exc: UnexpectedInput) -> Diagn
         line_start = _line_start(text, offset)
         here = source.span(line_start if opening.new_item else offset,
                            offset + (len(tok.value) if tok is not None and tok.value else 1))
-        return error("syntax", f"{what} is never closed", here,
-                     "a new item starts here" if opening.new_item else f"expected `{closer}` first",
-                     labels=[Label(opener, "opened here")],
-                     help=f"add `{closer}` to close it before this line")
+        if opening.char == "{":
+            label, help_ = "a new item starts here", f"add `}}` to close it before this line"
+        elif opening.new_item:
+            label, help_ = "a new item starts here", f"add `{closer}` to close it before this line"
+        else:
+            label = f"expected `{closer}` first" if text[offset:offset + 1] in _OPENER else \
+                f"expected `{closer}` before this"
+            before = _prev_token_end(text, offset)
+            help_ = (f"add `{closer}` at the end of line {source.line_col(before)[0]}"
+                     if _newline_before(text, offset) else f"add `{closer}` before this")
+        return error("syntax", f"{what} is never closed", here, label,
+                     labels=[Label(opener, "opened here")], help=help_)
     if tok is not None and tok.type in ("COLON", "SEMICOLON"):
         return _habit(source, offset, tok.value)
+    if tok is not None and tok.type in ("RBRACE", "RPAR", "RSQB"):
+        stack = _open_brackets(text, offset)
+        if not any(c == _OPENER[tok.value] for c, _ in stack):
+            what = {"}": "block", ")": "`(`", "]": "`[`"}[tok.value]
+            return error("syntax", f"unmatched `{tok.value}`", _tok_span(source, tok),
+                         f"no {what} is open here",
+                         help=f"remove it" + (": the block above is closed already (each `{` "
+                                              "has one `}`)" if tok.value == "}" else ""))
+    if tok is not None and tok.type in ("_NL", "$END") and expected == {"LBRACE"}:
+        line = source.line_text(source.line_col(offset)[0]).strip()
+        return error("syntax", f"expected `{{` after `{line}`", source.span(offset, offset),
+                     "the block's body starts here with `{`",
+                     help=f"write `{line} {{` and close the block with `}}` on a line of its own")
+    if (tok is not None and tok.type in ("MUL_OP", "ADD_OP") and "NUMBER" in expected
+            and text[offset - 1:offset] == tok.value):
+        return error("syntax", f"`{tok.value * 2}` is not an operator", source.span(offset - 1, offset + 1),
+                     "not an operator", help="the operators are `+`, `-`, `*` and `/`")
     if tok is not None and tok.type == "_NL" and "NAME" in expected and "NUMBER" in expected:
         return error("syntax", "missing value", source.span(offset, offset),
                      "expected a value here", help="write the value after `=`, e.g. `epochs = 2`")
     if tok is not None and tok.type == "EQUAL" and "CMP_OP" in expected:
         return error("syntax", "unexpected `=` in an expression", _tok_span(source, tok),
                      "assignment is not an expression", help="to compare values, write `==`")
+    stack = _open_brackets(text, offset)
+    if (tok is not None and "COMMA" in expected and stack and stack[-1][0] in "(["
+            and _newline_before(text, offset)):
+        what = "arguments" if stack[-1][0] == "(" else "list items"
+        return error("syntax", f"missing `,` between {what}", _tok_span(source, tok),
+                     "expected `,` before this", help=f"end the line before with `,`")
     if tok is not None and "NUMBER" in expected and tok.type not in ("_NL", "$END"):
         return error("syntax", f"expected a value, found {_describe_token(tok)}",
                      _tok_span(source, tok), "a value goes here",
                      help="a value is a number, a string, a name, a list `[...]` or a call `f(...)`")
-    if tok is not None and "_NL" in expected and tok.type not in ("_NL", "$END"):
+    if tok is not None and ("_NL" in expected or "RBRACE" in expected) and tok.type not in ("_NL", "$END"):
+        in_block = bool(stack) and stack[-1][0] == "{"
+        starts_member = tok.type in ("NAME", "VAR", "CHECK", "USE", "EXTENDS") and (
+            tok.type != "NAME" or re.match(r"[ \t]*(=|\{|\.|[A-Za-z_])", text[tok.end_pos:]))
+        if starts_member and (not stack or in_block):
+            what = "fields" if in_block else "items"
+            return error("syntax", f"two {what} on one line", _tok_span(source, tok),
+                         f"a second {what[:-1]} starts here",
+                         help=f"start a new line before `{tok.value}`: one {what[:-1]} per line"
+                              + ("; a block on one line holds one field" if in_block else ""))
         return error("syntax", f"unexpected {_describe_token(tok)} after a complete value",
                      _tok_span(source, tok), "expected the end of the line here",
                      help="one field per line; join values with an operator, or use a list `[a, b]`")
@@ -259,6 +512,51 @@ def _syntax_diagnostic(source: Source, text: str, exc: UnexpectedInput) -> Diagn
     span = _tok_span(source, tok) if tok is not None else source.span(offset, offset)
     return error("syntax", f"unexpected {what}", span, "not expected here",
                  help=_expected_help(expected))
+
+
+def _prev_token_end(text: str, offset: int) -> int:
+    """The offset just past the last token before `offset` (comments and blanks skipped)."""
+    i = offset
+    while i > 0:
+        line_start = _line_start(text, i - 1)
+        code = _strip_comment(text[line_start:i])
+        if code.strip():
+            return line_start + len(code.rstrip()) - 1
+        i = line_start
+    return 0
+
+
+def _strip_comment(line: str) -> str:
+    for m in _BRACKETS.finditer(line):
+        if m.group(0).startswith("#"):
+            return line[:m.start()]
+    return line
+
+
+def _unexpected_character(source: Source, text: str, offset: int, exc) -> Diagnostic:
+    ch = text[offset]
+    if ch == '"':
+        end = text.find("\n", offset)
+        span = source.span(offset, end if end >= 0 else len(text))
+        return error("syntax", "unterminated string", span, "this string never ends",
+                     help='close the string with `"` on the same line')
+    if ch == "'":
+        return error("syntax", "strings use double quotes", source.span(offset, offset + 1),
+                     "a single quote", help='write `"text"`')
+    if ch == ":" or ch == ";":
+        return _habit(source, offset, ch)
+    for habit, word in (("&&", "and"), ("||", "or"), ("!", "not")):
+        if text.startswith(habit, offset):
+            return error("syntax", f"`{habit}` is not an operator here",
+                         source.span(offset, offset + len(habit)), f"write `{word}`",
+                         help="conditions use `and`, `or` and `not`")
+    shown = f"`{ch}`" if ch.isprintable() and ch.isascii() else \
+        (f"`{ch}` ({char_name(ch)})" if ch.isprintable() and not ch.isspace() else char_name(ch))
+    help_ = _expected_help(exc.allowed or set())
+    if not ch.isascii() and ch.isalpha():
+        help_ = "names are ASCII letters, digits and `_`; other text goes in a string `\"...\"`"
+    return error("syntax", f"unexpected character {shown}", source.span(offset, offset + 1),
+                 "not part of the formula language", help=help_)
 
 
 def _habit(source: Source, offset: int, ch: str) -> Diagnostic:
@@ -308,7 +606,7 @@ def _unescape(raw: str) -> str:
 
 
 @v_args(meta=True, inline=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     def __init__(self, source: Source):
         super().__init__()
         self.src = source

@@ -13,12 +13,15 @@ from typing import Callable
 
 from . import ast
 from .diagnostics import Diagnostic, Label, did_you_mean, error
-from .parse import parse
+from .parse import PARSE_CODES, parse, undecodable
 from .schema import SCHEMAS
-from .source import Source, Span
+from .source import Source, Span, decode
 from .types import Str
 
-Reader = Callable[[str], "str | None"]
+# A file's bytes (or text), or None when there is no such file; other OSErrors are reported.
+Reader = Callable[[str], "bytes | str | None"]
+# `extends` and `use` chains deeper than this are refused (each level is a recursive call).
+MAX_IMPORT_DEPTH = 64
 
 
 @dataclass(eq=False)
@@ -76,12 +79,13 @@ class Program:
     cli_overrides: bool = False  # a var left unused by a command-line override is not the file's fault
 
 
-def read_file(path: str) -> str | None:
+def read_file(path: str) -> bytes | None:
+    """A formula file's bytes (decoded by the resolver, which reports text that is not UTF-8)."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             return fh.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+        return None  # ValueError: a path with a NUL in it names no file
 
 
 class _Resolver:
@@ -89,6 +93,7 @@ class _Resolver:
         self.read = read
         self.diagnostics: list[Diagnostic] = []
         self.parsed: dict[str, ast.Module | None] = {}
+        self.broken: set[str] = set()  # files with syntax errors: what is left of them is partial
         self.scopes: list[Scope] = []
 
     # loading ------------------------------------------------------------------------------------
@@ -96,8 +101,16 @@ class _Resolver:
     def module(self, path: str, at: Span | None, what: str) -> ast.Module | None:
         if path in self.parsed:
             return self.parsed[path]
-        text = self.read(path)
-        if text is None:
+        try:
+            data = self.read(path)
+        except OSError as exc:
+            self.parsed[path] = None
+            self.diagnostics.append(error(
+                "file-not-found" if at is None else "import-not-found",
+                f"cannot read `{path}`: {exc.strerror or exc}", at,
+                f"looked for {path}" if at is not None else "", help="check the file's permissions"))
+            return None
+        if data is None:
             self.parsed[path] = None
             if at is None:
                 self.diagnostics.append(error("file-not-found", f"cannot read `{path}`", None,
@@ -107,8 +120,16 @@ class _Resolver:
                     "import-not-found", f"cannot find {what} `{at.text.strip(chr(34))}`", at,
                     f"looked for {path}", help="paths are relative to the formula that names them"))
             return None
+        text, bad = decode(data)
+        if bad is not None:
+            self.diagnostics.append(undecodable(path, text, bad))
+            self.parsed[path] = ast.Module(Source(path, text), (), (), Source(path, text).span(0, 0))
+            self.broken.add(path)
+            return self.parsed[path]
         module, diags = _parse_cached(path, text)
         self.diagnostics.extend(diags)
+        if any(d.code in PARSE_CODES for d in diags):
+            self.broken.add(path)
         self.parsed[path] = module
         return module
 
@@ -124,6 +145,12 @@ class _Resolver:
                     if what == "parent formula" else
                     "move what both files need into a third formula that both import"))
                 return None
+        if len(stack) >= MAX_IMPORT_DEPTH:
+            self.diagnostics.append(error(
+                "import-depth", f"formulas extend and import each other more than "
+                f"{MAX_IMPORT_DEPTH} deep", at, "one level too many",
+                help="flatten the chain: a formula may import several others"))
+            return None
         module = self.module(path, at, what)
         if module is None:
             return None
@@ -162,7 +189,7 @@ class _Resolver:
                     "duplicate-header", "a formula has one header", extra.name.span,
                     "second `formula` block", labels=[Label(headers[0].name.span, "first header here")],
                     help="merge the two headers into one"))
-        elif not inherited:
+        elif not inherited and module.source.path not in self.broken:
             self.diagnostics.append(error(
                 "missing-header", "this file has no `formula` header", _first_line(module),
                 "expected `formula NAME { ... }`",
@@ -246,7 +273,15 @@ class _Resolver:
               span: Span, from_cli: bool) -> None:
         head = target[0].name
         where = "on the command line" if from_cli else ""
-        if head in ("var", "param"):
+        # `corpus.gt.sessions.holdout`, `var.gt.max_len`: one step per import reaches into it.
+        # A var's new value is evaluated where the override is written, as in `use` arguments.
+        value_scope = scope
+        is_var = head in ("var", "param")
+        while (len(target) >= (3 if is_var else 4) and target[1].name in scope.uses
+               and (is_var or target[1].name not in scope.blocks)):
+            scope = scope.uses[target[1].name]
+            target = (target[0],) + target[2:]
+        if is_var:
             if len(target) != 2:
                 self.diagnostics.append(error(
                     "bad-override", "a var override names one var", span, "expected `var.NAME`"))
@@ -264,7 +299,7 @@ class _Resolver:
                 return
             if from_cli:
                 value = _coerce_cli(value, var.decl.type.name == "str")
-            scope.vars[name] = VarDef(var.decl, value, scope, span)
+            scope.vars[name] = VarDef(var.decl, value, value_scope, span)
             return
         if head not in SCHEMAS or head == "formula":
             kinds = [k for k in SCHEMAS if k != "formula"] + ["var"]
@@ -287,6 +322,9 @@ class _Resolver:
             if block is not None:
                 msg, hint = (f"`{name}` is a {block.kind.name}, not a {head}",
                              f"write `{block.kind.name}.{name}.{target[2].name}`")
+            elif name in scope.uses:
+                msg, hint = (f"`{name}` is an import", f"name one of its blocks: "
+                             f"`{head}.{name}.NAME.FIELD`")
             else:
                 msg, hint = f"there is no {head} `{name}` to override", did_you_mean(name, same_kind)
             self.diagnostics.append(error("bad-override", msg, target[1].span, "no such block",
