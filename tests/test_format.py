@@ -1,5 +1,6 @@
 """`formula fmt`: golden layouts, idempotence, and that formatting changes layout only."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,19 @@ def shape(node):
     return node
 
 
+def plan_shape(value):
+    """A plan without source positions: what reformatting must not change."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__,) + tuple(
+            plan_shape(getattr(value, f.name)) for f in dataclasses.fields(value)
+            if type(getattr(value, f.name)).__name__ != "Origin")
+    if isinstance(value, dict):
+        return tuple((k, plan_shape(v)) for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(plan_shape(v) for v in value)
+    return value
+
+
 def fmt(text: str, path: str = "t.formula") -> str:
     out, diags = format_source(Source(path, text))
     assert out is not None, diags
@@ -57,6 +71,19 @@ def test_idempotent_and_meaning_preserving(path):
     after, _ = parse(Source(str(path), once))
     assert shape(before) == shape(after)
     assert [c.text.rstrip() for c in before.comments] == [c.text.rstrip() for c in after.comments]
+
+
+@pytest.mark.parametrize("path", ALL_VALID, ids=lambda p: str(p.relative_to(ROOT)))
+def test_formatting_keeps_the_plan_and_the_diagnostics(path):
+    from formula.compiler.pipeline import compile_formula
+    from formula.compiler.resolve import read_file
+
+    text = path.read_text()
+    once = fmt(text, str(path))
+    before = compile_formula(str(path))
+    after = compile_formula(str(path), read=lambda p: once if p == str(path) else read_file(p))
+    assert plan_shape(before.plan) == plan_shape(after.plan)
+    assert sorted(d.code for d in before.diagnostics) == sorted(d.code for d in after.diagnostics)
 
 
 def test_checked_in_formulas_are_formatted():

@@ -18,7 +18,8 @@ CASES = sorted(p.stem for p in CHECK.glob("*.formula"))
 
 
 def overrides_of(path: Path) -> list[str]:
-    first = path.read_text().splitlines()[0]
+    # some cases are not UTF-8 on purpose (their diagnostic says so)
+    first = path.read_bytes().decode("utf-8", errors="replace").splitlines()[0]
     return first.split(":", 1)[1].split() if first.startswith("# overrides:") else []
 
 
