@@ -111,6 +111,13 @@ def test_plan_of_a_thousand_chained_stages(tmp_path):
     assert took < 20, f"plan of 1,000 chained stages took {took:.1f} s"
 
 
+def test_plan_of_a_formula_without_steps(tmp_path):
+    (tmp_path / "empty.formula").write_bytes(b"\xef\xbb\xbf" + HEADER.format(name="empty").encode())
+    r = run("plan", "empty.formula", cwd=tmp_path, store=tmp_path / "store")
+    no_traceback(r)
+    assert r.returncode == 0 and "0 to run" in r.stderr
+
+
 def test_the_lora_table_in_the_guide_matches_the_checker():
     guide = (ROOT / "docs" / "language.md").read_text()
     rows = {}

@@ -117,7 +117,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         return prepared
     plan_, graph, store, force, only = prepared
     rows = plan(Builder(graph, store, ns.formula), graph, store, ns.formula, force, only)
-    width = max(len(r.step) for r in rows)
+    width = max((len(r.step) for r in rows), default=0)  # a formula may declare no steps
     for r in rows:
         mark = {"cached": "cached  ", "run": "will run", "after": "will run"}[r.status]
         print(f"{mark}  {r.step:<{width}}" + (f"  {r.reasons[0]}" if r.reasons else ""))

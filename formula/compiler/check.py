@@ -516,8 +516,9 @@ class _Checker:
                 self.err("dpo-needs-pairs", f"a dpo stage trains on preference pairs, but "
                          f"`{block.name.name}` is a corpus", at.span, "not preference pairs",
                          labels=[Label(block.name.span, "corpus defined here")],
-                         help=f"define `pairs prefs {{ from = {block.name.name}  chosen = ...  "
-                              "rejected = ... }` and write `data = prefs`")
+                         help=f"build pairs from it in a `pairs` block, one field per line "
+                              f"(`from = {block.name.name}`, `chosen = ...`, `rejected = ...`), "
+                              "and write `data = NAME`")
                 ok = False
             elif method == "sft" and view.kind != "corpus":
                 self.err("sft-needs-corpus", f"an sft stage trains on a corpus, but "
