@@ -170,12 +170,15 @@ NESTINGS = {  # kind -> (field it goes in, an expression nested n deep)
     "list": ("targets", lambda n: "[" * n + "q_proj" + "]" * n),
     "attr": ("model", lambda n: "base" + ".x" * n),
     "call": ("model", lambda n: "base" + "()" * n),
+    "blocks": ("block", lambda n: "".join(f"b{i} {{\n" for i in range(n)) + "a = 1\n" + "}\n" * n),
 }
 
 
 def deep_formula(kind: str, n: int) -> str:
     where, make = NESTINGS[kind]
     expr = make(n)
+    if where == "block":
+        return "formula deep {\n  description = \"x\"\n}\n\nmodel base {\n" + expr + "}\n"
     return ("formula deep {\n  description = \"x\"\n}\n\nvar lr: float = 1e-4\n\n"
             "model base {\n  from = hub(\"Qwen/Qwen2.5-0.5B-Instruct\")\n}\n\n"
             "corpus c {\n  source = transcripts(\"data/*.jsonl\")\n"

@@ -144,7 +144,7 @@ def undecodable(path: str, text: str, bad) -> Diagnostic:
 # --- limits ------------------------------------------------------------------------------------
 
 _EXPR_RULES = frozenset({"where", "or_", "and_", "not_", "compare", "contains", "binop", "neg",
-                         "attr", "call", "list"})
+                         "attr", "call", "list", "sub_block"})  # blocks in blocks nest too
 
 
 def _too_deep(source: Source, tree: Tree, diagnostics: list[Diagnostic]) -> bool:
@@ -167,10 +167,12 @@ def _too_deep(source: Source, tree: Tree, diagnostics: list[Diagnostic]) -> bool
     line_end = source.text.find("\n", start)
     if line_end >= 0:
         end = min(end, line_end)
+    what = "blocks nest" if outer.data == "sub_block" else "this expression nests"
     diagnostics.append(error(
-        "too-deep", f"this expression nests {deepest} levels deep; the limit is {MAX_DEPTH}",
+        "too-deep", f"{what} {deepest} levels deep; the limit is {MAX_DEPTH}",
         source.span(start, end), "nested too deeply",
-        help="each operator, `not`, `-`, call, `.` and `[` adds a level; write it more simply"))
+        help="each operator, `not`, `-`, call, `.` and `[` adds a level; write it more simply"
+        if outer.data != "sub_block" else "blocks are defined at top level"))
     return True
 
 
