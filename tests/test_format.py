@@ -86,6 +86,16 @@ def test_formatting_keeps_the_plan_and_the_diagnostics(path):
     assert sorted(d.code for d in before.diagnostics) == sorted(d.code for d in after.diagnostics)
 
 
+def test_a_comment_inside_a_call_does_not_join_the_next_fields_run():
+    """Issue 17: the first pass aligned `from     =` with the field after a blank line, the
+    second pass undid it."""
+    text = ('formula x {\n  description = "d"\n}\n\nmodel base {\n  from = hub("a/b",  # c\n'
+            '    revision = "main")\n\n  # after a blank line\n  template = chatml\n}\n')
+    once = fmt(text)
+    assert fmt(once) == once
+    assert "  from = hub(" in once and "\n\n  # after a blank line\n  template = chatml" in once
+
+
 def test_checked_in_formulas_are_formatted():
     for d in ("formulas", "examples"):
         for path in (ROOT / d).rglob("*.formula"):
