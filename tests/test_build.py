@@ -237,7 +237,10 @@ def test_sigkill_mid_step_then_the_next_build_reruns_only_that_step(project):
     for line in proc.stderr:
         if "running  train.sft" in line:
             break
-    time.sleep(2.5)
+    deadline = time.time() + 60  # until it has checkpointed (slow to start on a loaded machine)
+    while time.time() < deadline and not list((project.root / ".formula" / "work").glob("*/progress")):
+        time.sleep(0.05)
+    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert project.formula_cmd("verify").returncode == 0
@@ -321,11 +324,24 @@ def test_ls_show_tag_gc(project):
     assert "clean" in project.formula_cmd("verify").stderr
 
 
-def test_verify_reports_corruption(project):
-    obj = next((project.root / ".formula" / "objects").glob("*/*"))
+def test_verify_reports_corruption_by_step_and_file(project):
+    record = json.loads(next((project.root / ".formula" / "actions").glob(
+        f"*/{_key(project, 'train.sft')}.json")).read_text())
+    obj = project.root / ".formula" / "objects" / record["output"][:2] / record["output"]
     (obj / "result.json").write_text("tampered")
     r = project.formula_cmd("verify", check=False)
-    assert r.returncode == 1 and "corrupt: object" in r.stderr
+    assert r.returncode == 1
+    assert "corrupt: output of train.sft" in r.stderr and "result.json: 8 bytes" in r.stderr
+    r = project.formula_cmd("verify", "--repair")
+    assert "repaired: output of train.sft" in r.stderr and "moved to quarantine/" in r.stderr
+    assert "clean" in project.formula_cmd("verify").stderr
+    project.build()
+    assert steps_of(project.ran()) == {"train.sft"}  # the same output again: early cutoff after it
+
+
+def _key(project, step):
+    build = json.loads(next((project.root / ".formula" / "refs").glob("*.json")).read_text())
+    return build["steps"][step]
 
 
 def test_graph_formats(project):

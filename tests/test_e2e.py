@@ -136,10 +136,10 @@ def test_kills_in_every_step_kind_always_recover(copy):
         r = build(project, store, *args)
         assert "build ok" in r.stderr
         out = run_formula(project, store, "show", "tiny:train.sft").stdout
-        folder = next(l.split()[1] for l in out.splitlines() if l.startswith("output"))
-        metrics = json.loads(open(os.path.join(folder, "metrics.json")).read())
-        print(f"\nsft killed at lr {lr}: checkpoint before the kill {checkpointed}, resumed {metrics['resumed']}")
-        assert metrics["resumed"] is checkpointed
+        key = next(l.split()[1] for l in out.splitlines() if l.startswith("key"))
+        facts = json.loads(next(store.glob(f"actions/*/{key}.json")).read_text())["run"]  # not in the output
+        print(f"\nsft killed at lr {lr}: checkpoint before the kill {checkpointed}, resumed {facts['resumed']}")
+        assert facts["resumed"] is checkpointed
     assert kills >= 10
     assert "build ok: 12 cached" in build(project, store).stderr
     assert "clean" in run_formula(project, store, "verify").stderr

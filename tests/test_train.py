@@ -35,6 +35,13 @@ def output_of(project: Path, store: Path, step: str, *overrides) -> Path:
     return Path(next(l.split()[1] for l in out.splitlines() if l.startswith("output")))
 
 
+def run_facts(project: Path, store: Path, step: str) -> dict:
+    """The facts of the run that built a step (wall time, resumed): in its action record."""
+    out = formula(project, store, "show", f"tiny:{step}").stdout
+    key = next(l.split()[1] for l in out.splitlines() if l.startswith("key"))
+    return json.loads(next(store.glob(f"actions/*/{key}.json")).read_text())["run"]
+
+
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
@@ -133,7 +140,7 @@ def test_kill_and_resume_continues_from_the_checkpoint(example, tmp_path):
     formula(project, store, *args)
     out = output_of(project, store, "train.lm")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed"] is True and metrics["steps"] == 96
+    assert run_facts(project, store, "train.lm")["resumed"] is True and metrics["steps"] == 96
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and steps[-1] == 96 and all(b > a for a, b in zip(steps, steps[1:])), str(steps)
     assert "clean" in formula(project, store, "verify").stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,10 @@ def _compile(formula: str, overrides: list[str]):
         return None, None
     graph = lower(result.plan)
     if os.environ.get("FORMULA_HOME") or store_root.exists():
-        compile_cache.save(store_root, formula, list(overrides), read, result.plan.name, graph, rendered)
+        try:
+            compile_cache.save(store_root, formula, list(overrides), read, result.plan.name, graph, rendered)
+        except OSError:
+            pass  # a read-only or full store: compiled again next time, and the build says why
     return result.plan, graph
 
 
@@ -151,31 +155,56 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
     _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
+    if result.interrupted:
+        return 128 + getattr(signal.Signals, result.interrupted, signal.SIGINT).value
     from formula.cli.report import write_report
 
     build = store.latest(ns.formula)
     if build and build.get("steps"):
-        print(f"report: {write_report(store, build)}", file=sys.stderr)
+        try:
+            print(f"report: {write_report(store, build)}", file=sys.stderr)
+        except OSError as exc:
+            from formula.runtime.step import describe_os_error
+
+            print("formula: the build report could not be written: "
+                  + describe_os_error(exc, exc.filename or store.root / "reports"), file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERRORS
 
 
+def _log_tail(o) -> None:
+    """The end of a failed step's log, or of what it printed when the log is incomplete."""
+    if o.tail:
+        lines, where = o.tail.splitlines()[-30:], f"what {o.step} printed (its log {o.log} is incomplete)"
+    elif o.log and Path(o.log).exists():
+        lines, where = Path(o.log).read_text(errors="replace").splitlines()[-30:], o.log
+    else:
+        return
+    lines = [l for l in lines if not l.startswith("[formula] step ")]  # the reason, said above
+    if not any(l.strip() for l in lines):
+        print(f"(the log {o.log} is empty: the step printed nothing before it ended)", file=sys.stderr)
+        return
+    print(f"--- last lines of {where}", file=sys.stderr)
+    print("\n".join(lines), file=sys.stderr)
+    print("---", file=sys.stderr)
+
+
 def _summary(result, seconds: float, live: bool = False) -> None:
-    from formula.runtime.build import BUILT, CACHED, FAILED, REUSED, SKIPPED
+    from formula.runtime.build import BUILT, CACHED, FAILED, INTERRUPTED, REUSED, SKIPPED
 
     counts = {}
     for o in result.outcomes.values():
         counts[o.state] = counts.get(o.state, 0) + 1
     for o in result.outcomes.values():
+        for note in o.notes:
+            print(f"note: {o.step}: {note}", file=sys.stderr)
         if o.state != FAILED:
             continue
         print(f"\nstep {o.step} failed: {o.error}", file=sys.stderr)
-        if o.log and Path(o.log).exists():
-            tail = Path(o.log).read_text(errors="replace").splitlines()[-30:]
-            print(f"--- last lines of {o.log}", file=sys.stderr)
-            print("\n".join(tail), file=sys.stderr)
-            print("---", file=sys.stderr)
+        _log_tail(o)
         if o.rerun:
             print(f"run it alone: {o.rerun}", file=sys.stderr)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     _table(result, live)
     for o in result.outcomes.values():
         for c in o.failed_checks:
@@ -183,10 +212,30 @@ def _summary(result, seconds: float, live: bool = False) -> None:
                   file=sys.stderr)
         if o.failed_checks:
             print(f"  report: {o.step}'s output (`formula show` with its key {o.key[:12]})", file=sys.stderr)
-    order = (BUILT, REUSED, CACHED, FAILED, SKIPPED)
+    order = (BUILT, REUSED, CACHED, FAILED, INTERRUPTED, SKIPPED)
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+    if result.interrupted:
+        _interrupted(result, seconds)
+        return
     print(f"{'build ok' if result.ok else 'build failed'}: {', '.join(parts) or 'nothing to do'} "
           f"in {seconds:.2f}s", file=sys.stderr)
+
+
+def _interrupted(result, seconds: float) -> None:
+    """What an interrupted build kept: finished steps stored, stopped steps' checkpoints."""
+    from formula.runtime.build import BUILT, CACHED, INTERRUPTED, REUSED
+
+    done = [o.step for o in result.outcomes.values() if o.state in (BUILT, REUSED, CACHED)]
+    built = [o.step for o in result.outcomes.values() if o.state in (BUILT, REUSED)]
+    stopped = [o for o in result.outcomes.values() if o.state == INTERRUPTED]
+    print(f"build interrupted ({result.interrupted}) after {seconds:.2f}s: kept {len(done)} finished "
+          f"step{'s' if len(done) != 1 else ''} in the store ({len(built)} built now), cached for the "
+          "next build; nothing half-written was stored", file=sys.stderr)
+    for o in stopped:
+        print(f"  stopped {o.step}: kept {o.kept}", file=sys.stderr)
+    left = [o.step for o in result.outcomes.values() if o.state not in (BUILT, REUSED, CACHED, INTERRUPTED)]
+    if left:
+        print(f"  not built: {', '.join(left)}", file=sys.stderr)
 
 
 def _table(result, live: bool) -> None:
@@ -213,7 +262,22 @@ def _table(result, live: bool) -> None:
     console.print(table)
 
 
+def _on_sigterm(signum, frame):
+    from formula.runtime.build import Interrupted
+
+    raise Interrupted("SIGTERM")
+
+
 def cmd_build(ns: argparse.Namespace) -> int:
+    # SIGTERM stops a build the way Ctrl-C does: steps stopped, finished ones kept, said so.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _cmd_build(ns)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cmd_build(ns: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from formula.runtime.progress import LiveProgress, PlainProgress
@@ -236,7 +300,10 @@ def cmd_build(ns: argparse.Namespace) -> int:
     status = EXIT_OK
     for i, combo in enumerate(combos):
         print(f"[{i + 1}/{len(combos)}] {' '.join(combo) or '(no overrides)'}", file=sys.stderr)
-        status = max(status, _build_one(ns, combo, factory))
+        one = _build_one(ns, combo, factory)
+        if one > 128:  # interrupted: the remaining combinations are not started
+            return one
+        status = max(status, one)
     return status
 
 
@@ -359,6 +426,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if path is None or not path.is_file():
         print(f"formula serve: {step}'s artifact is missing from the store; build again", file=sys.stderr)
         return EXIT_ERRORS
+    damage = store.damage(record["output"])
+    if damage:
+        print(f"formula serve: {step}'s artifact is damaged ("
+              + "; ".join(f"{f}: {w}" for f, w in damage[:3]) + f"); `formula build {ns.formula}` "
+              "moves it aside and builds it again", file=sys.stderr)
+        return EXIT_ERRORS
     if not build.get("ok"):
         print(f"formula serve: warning: the latest build of {ns.formula} did not pass; serving "
               f"{step} as built", file=sys.stderr)
@@ -392,6 +465,11 @@ def cmd_show(ns: argparse.Namespace) -> int:
         print("metrics")
         for k, v in sorted(record["metrics"].items()):
             print(f"  {k:<24} {v}")
+    if record.get("run"):
+        print("run (facts of this run, not part of the output)")
+        for k, v in sorted(record["run"].items()):
+            shown = json.dumps(v) if isinstance(v, (list, dict)) else v
+            print(f"  {k:<24} {str(shown)[:200]}")
     print("config")
     print("  " + json.dumps(c["config"], indent=2, sort_keys=True).replace("\n", "\n  "))
     return EXIT_OK
@@ -428,12 +506,26 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     store = _store(None, ns.store)
     if store is None:
         return EXIT_USAGE
-    problems = store.verify()
+    try:
+        problems = store.verify(repair=ns.repair)
+    except OSError as exc:
+        from formula.runtime.step import describe_os_error
+
+        print(f"formula verify: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_ERRORS
     for p in problems:
-        print(f"corrupt: {p}", file=sys.stderr)
-    print(f"verified {store.root}: " + (f"{len(problems)} problems" if problems else "clean"),
-          file=sys.stderr)
-    return EXIT_ERRORS if problems else EXIT_OK
+        print(f"{'repaired' if ns.repair else 'corrupt'}: {p}", file=sys.stderr)
+    if not problems:
+        print(f"verified {store.root}: clean", file=sys.stderr)
+        return EXIT_OK
+    if ns.repair:
+        print(f"verified {store.root}: {len(problems)} problems; damaged outputs were moved to "
+              f"{store.root / 'quarantine'}, and the next build rebuilds what a formula needs",
+              file=sys.stderr)
+        return EXIT_OK
+    print(f"verified {store.root}: {len(problems)} problems; `formula verify --repair` moves damaged "
+          "outputs aside (a build also does, for the outputs it uses)", file=sys.stderr)
+    return EXIT_ERRORS
 
 
 def _size(path: Path) -> int:
@@ -480,6 +572,8 @@ def add_commands(sub) -> None:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--store")
         p.set_defaults(func=func)
+    p.add_argument("--repair", action="store_true",
+                   help="move damaged outputs to the store's quarantine, so the next build rebuilds them")
     p = formula_command("serve", "serve a built GGUF over the OpenAI API (llama.cpp)", cmd_serve,
                         overrides=False, description="Serve the latest build's GGUF through "
                         "llama-cpp-python's OpenAI-compatible server, with the chat template embedded in it.")

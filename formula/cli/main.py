@@ -187,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return ns.func(ns)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a build
+        import signal
+
+        name = getattr(exc, "signame", "SIGINT")
+        print(f"formula: interrupted ({name})", file=sys.stderr)
+        return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except BrokenPipeError:
         return EXIT_OK
 

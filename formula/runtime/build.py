@@ -5,6 +5,10 @@ A step's key is a BLAKE3 digest of: the key format version, its kind, its code i
 project imports, library versions), its canonical configuration, and the digests of its inputs
 (upstream outputs and data files). Upstream outputs enter by content digest, so a rerun step
 whose output did not change leaves its dependents cached (early cutoff).
+
+A cached output is used only while it is whole (its seal, checked by stat); a damaged one is
+moved to the store's quarantine and rebuilt. A build stopped by SIGINT or SIGTERM stops its
+steps, keeps what finished, and says so; a step killed by a signal says which.
 """
 
 from __future__ import annotations
@@ -21,16 +25,26 @@ from pathlib import Path
 from typing import Callable
 
 from .codehash import code_identity
-from .executor import Executor, LocalExecutor, Task
+from .executor import Executor, Finished, LocalExecutor, Task
 from .graph import FileInput, Graph, StepSpec
 from .hashing import Hasher, digest_bytes, glob_base
-from .store import LockHolder, Store, write_json_atomic
+from .step import describe_filesystem, describe_os_error, nearly_full
+from .store import Damage, LockHolder, Store, write_json_atomic
 from .steps import module_for
 
 KEY_FORMAT = 1
 
-CACHED, REUSED, BUILT, FAILED, SKIPPED, RUNNING, WAITING, QUEUED = (
-    "cached", "reused", "built", "failed", "skipped", "running", "waiting", "queued")
+CACHED, REUSED, BUILT, FAILED, SKIPPED, RUNNING, WAITING, QUEUED, INTERRUPTED = (
+    "cached", "reused", "built", "failed", "skipped", "running", "waiting", "queued", "interrupted")
+
+
+class Interrupted(KeyboardInterrupt):
+    """The build was asked to stop (SIGINT arrives as a plain KeyboardInterrupt; the CLI turns
+    SIGTERM into this)."""
+
+    def __init__(self, signame: str = "SIGINT"):
+        super().__init__(signame)
+        self.signame = signame
 
 
 def canonical(value: object) -> object:
@@ -73,16 +87,23 @@ class Outcome:
     # Checks the step's output reports as failed (its `checks.json`): the artifact is kept and
     # cached, but the build does not succeed while any stands.
     failed_checks: list = field(default_factory=list)
+    # The end of the step's output as the build received it, when its log could not be
+    # written whole (the summary shows this instead of the log's last lines).
+    tail: str = ""
+    notes: list = field(default_factory=list)  # e.g. a damaged output moved aside and rebuilt
+    kept: str = ""                              # for an interrupted step: what of it was kept
 
 
 @dataclass
 class BuildResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    interrupted: str = ""                        # the signal that stopped the build
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(o.state in (CACHED, REUSED, BUILT) and not o.failed_checks
-                   for o in self.outcomes.values())
+        return not self.interrupted and all(o.state in (CACHED, REUSED, BUILT) and not o.failed_checks
+                                            for o in self.outcomes.values())
 
 
 class Progress:
@@ -93,6 +114,9 @@ class Progress:
 
     def waiting(self, step: str, holder: LockHolder | None) -> None:
         pass
+
+    def note(self, step: str, label: str, text: str) -> None:
+        """Something the user should know about a step that is not a change of state."""
 
 
 class Builder:
@@ -106,6 +130,7 @@ class Builder:
         self.progress = progress or Progress()
         self.env = env
         self._hash_lock = threading.Lock()
+        self._stop = threading.Event()
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -166,6 +191,7 @@ class Builder:
         pool = ThreadPoolExecutor(max_workers=self.jobs)
         running: dict[Future, str] = {}
         pending = list(order)
+        notes: dict[str, list[str]] = {}
         try:
             while pending or running:
                 for name in list(pending):
@@ -180,15 +206,29 @@ class Builder:
                     if not all(d in outputs for d in deps):
                         continue
                     pending.remove(name)
-                    keyed = self.key(spec, outputs, hasher)
+                    try:
+                        keyed = self.key(spec, outputs, hasher)
+                    except OSError as exc:
+                        result.outcomes[name] = Outcome(name, FAILED, error="cannot read its input: "
+                                                        + describe_os_error(exc))
+                        self.progress.state(name, FAILED, "cannot read its input")
+                        continue
                     keys[name] = keyed.key
                     record = self.store.action(keyed.key)
                     if record is not None and name not in force:
-                        outputs[name] = record["output"]
-                        result.outcomes[name] = Outcome(name, CACHED, keyed.key, record["output"],
-                                                        failed_checks=_failed(record))
-                        self.progress.state(name, CACHED)
-                        continue
+                        damage = self._damaged(name, record)
+                        if damage is None:
+                            outputs[name] = record["output"]
+                            result.outcomes[name] = Outcome(name, CACHED, keyed.key, record["output"],
+                                                            failed_checks=_failed(record))
+                            self.progress.state(name, CACHED)
+                            continue
+                        if not damage.moved_to:  # could not be moved aside: never use it
+                            result.outcomes[name] = Outcome(name, FAILED, keyed.key, error=damage.problems[-1][1])
+                            self.progress.state(name, FAILED, "damaged output")
+                            continue
+                        notes[name] = [f"its stored output was damaged ({damage.files()}); moved to "
+                                       f"{damage.moved_to} and built again"]
                     running[pool.submit(self._run, keyed, hasher, name in force)] = name
                 if not running:
                     continue
@@ -196,98 +236,201 @@ class Builder:
                 for fut in done:
                     name = running.pop(fut)
                     outcome = fut.result()
+                    outcome.notes = notes.get(name, []) + outcome.notes
                     result.outcomes[name] = outcome
                     if outcome.state in (BUILT, REUSED):
                         outputs[name] = outcome.output
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the CLI's handler
+            result.interrupted = getattr(exc, "signame", "SIGINT")
+            self._stop.set()
+            self.executor.cancel()
+            for fut, name in running.items():  # the steps stop; say how each ended
+                try:
+                    result.outcomes[name] = fut.result()
+                except Exception as err:  # noqa: BLE001 (reported, not raised, while stopping)
+                    result.outcomes[name] = Outcome(name, INTERRUPTED, error=str(err))
+            for name in pending:
+                result.outcomes[name] = Outcome(name, SKIPPED, error="not started: the build was interrupted")
+                self.progress.state(name, SKIPPED, "interrupted")
         except BaseException:
+            self._stop.set()
             self.executor.cancel()
             raise
         finally:
             pool.shutdown(wait=True)
             hasher.close()
+            if hasher.memo_problem:
+                result.warnings.append(hasher.memo_problem)
         previous = self.store.latest(self.formula) or {}
-        steps = dict(previous.get("steps", {})) if only else {}
+        steps = dict(previous.get("steps", {})) if only or result.interrupted else {}
         steps.update({n: o.key for n, o in result.outcomes.items() if o.state in (CACHED, REUSED, BUILT)})
-        self.store.set_latest(self.formula, {
-            "formula": str(Path(self.formula).resolve()), "name": plan_name, "time": time.time(),
-            "steps": steps, "overrides": list(overrides), "ok": result.ok,
-            "graph": {n: sorted(set(s.deps.values())) for n, s in self.graph.steps.items()}})
+        try:
+            self.store.set_latest(self.formula, {
+                "formula": str(Path(self.formula).resolve()), "name": plan_name, "time": time.time(),
+                "steps": steps, "overrides": list(overrides), "ok": result.ok,
+                "graph": {n: sorted(set(s.deps.values())) for n, s in self.graph.steps.items()}})
+        except OSError as exc:
+            result.warnings.append("this build could not be recorded as the formula's latest: "
+                                   + describe_os_error(exc))
         return result
 
+    def _damaged(self, name: str, record: dict) -> Damage | None:
+        """None when a cached output is whole; else what is wrong, the object moved aside."""
+        digest = record["output"]
+        problems = self.store.damage(digest)
+        if not problems:
+            return None
+        damage = Damage(digest, problems)
+        self.progress.note(name, "damaged", damage.files())
+        try:
+            damage.moved_to = str(self.store.quarantine(digest, damage, "found damaged by formula build",
+                                                        [name]).relative_to(self.store.root))
+        except OSError as exc:
+            damage.problems.append(("", f"its output {digest[:12]} is damaged ({damage.files()}) and "
+                                        f"could not be moved aside: {describe_os_error(exc)}"))
+        return damage
+
     def _run(self, keyed: Keyed, hasher: Hasher, forced: bool) -> Outcome:
+        name = keyed.spec.name
         try:
             return self._run_locked(keyed, hasher, forced)
-        except Exception as exc:  # a bug or an I/O failure in the build itself, not in the step
-            self.progress.state(keyed.spec.name, FAILED, "internal error")
-            return Outcome(keyed.spec.name, FAILED, keyed.key,
-                           error=f"internal error: {type(exc).__name__}: {exc}")
+        except KeyboardInterrupt:  # stopped while waiting for another build's lock
+            return Outcome(name, SKIPPED, keyed.key, error="not started: the build was interrupted")
+        except OSError as exc:  # the store could not be written: full, read-only, failing disk
+            self.progress.state(name, FAILED, "cannot write the store")
+            return Outcome(name, FAILED, keyed.key, error="cannot write the store: "
+                           + describe_os_error(exc, exc.filename or self.store.root))
+        except Exception as exc:  # a bug in the build itself, not in the step
+            self.progress.state(name, FAILED, "internal error")
+            return Outcome(name, FAILED, keyed.key, error=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _lock(self, key: str, name: str):
+        return self.store.lock(key, f"{name} of {Path(self.formula).name}",
+                               on_wait=lambda holder: self.progress.waiting(name, holder),
+                               stop=self._stop)
 
     def _run_locked(self, keyed: Keyed, hasher: Hasher, forced: bool) -> Outcome:
         spec, key = keyed.spec, keyed.key
         name = spec.name
-        with self.store.lock(key, f"{name} of {Path(self.formula).name}",
-                             on_wait=lambda holder: self.progress.waiting(name, holder)):
+        if self._stop.is_set():
+            return Outcome(name, SKIPPED, key, error="not started: the build was interrupted")
+        with self._lock(key, name):
+            if self._stop.is_set():
+                return Outcome(name, SKIPPED, key, error="not started: the build was interrupted")
             record = self.store.action(key)
-            if record is not None and not forced:
+            if record is not None and not forced and self._damaged(name, record) is None:
                 self.progress.state(name, REUSED, "built by a concurrent build")
                 return Outcome(name, REUSED, key, record["output"], failed_checks=_failed(record))
             self.progress.state(name, RUNNING)
             run_dir = self.store.temp_dir(key)
             out = run_dir / "out"
             work = self.store.root / "work" / key
+            facts_path = run_dir / "facts.json"
             log = self.store.log_path(key)
             log.unlink(missing_ok=True)
             module = module_for(spec.kind)
             _write_step_yaml(run_dir / "step.yaml", {
                 "config": spec.config, "inputs": keyed.paths, "output": str(out),
-                "work": str(work),
+                "work": str(work), "facts": str(facts_path),
                 "hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None,
                           "job": {"chdir": False}}})
             task = Task(name, module, run_dir, "step", log, self.env)
             upstream = [self.store.object_path(keyed.components["inputs"][inp]) for inp in spec.deps]
             before = {p: _listing(p) for p in upstream}
             started = time.time()
-            status = self.executor.run(task)
+            finished = self.executor.run(task)
             seconds = time.time() - started
+            ran = dict(key=key, seconds=seconds, log=str(log), rerun=task.shell_command())
             touched = _undo_writes(before)
+            if finished.status != 0:
+                return self._failed_run(name, finished, run_dir, work, ran)
             if touched:
                 self.progress.state(name, FAILED, "it wrote into an input")
-                return Outcome(name, FAILED, key, seconds=seconds, log=str(log), rerun=task.shell_command(),
+                return Outcome(name, FAILED, **ran,
                                error="the step wrote into a stored input, which must stay as built: "
                                      + ", ".join(touched[:3]) + " (files it added were removed; "
                                      "`formula verify` checks the rest)")
-            if status != 0:
-                self.progress.state(name, FAILED, f"exit status {status}")
-                return Outcome(name, FAILED, key, seconds=seconds, log=str(log),
-                               rerun=task.shell_command(), error=f"exit status {status}")
             with self._hash_lock:
                 changed = [fi.pattern for inp, fi in spec.files.items()
                            if self._input_changed(fi, keyed.watched[inp], hasher)]
             if changed:
                 self.progress.state(name, FAILED, "an input changed while it ran")
-                return Outcome(name, FAILED, key, seconds=seconds, log=str(log),
-                               rerun=task.shell_command(),
+                _remove(out)
+                return Outcome(name, FAILED, **ran,
                                error="input changed while the step ran, so its output was not "
                                      "cached: " + ", ".join(changed) + "; build again")
             if not out.is_dir():
+                self.progress.state(name, FAILED, "no output")
                 return Outcome(name, FAILED, key, seconds=seconds, log=str(log),
                                error="the step wrote no output folder")
             metrics = _read_json(out / "metrics.json", {})
             checks = _read_json(out / "checks.json", [])
-            digest = self.store.commit_output(out)
-            lineage = {inp: {"step": dep, "output": keyed.components["inputs"][inp]}
-                       for inp, dep in spec.deps.items()}
-            self.store.record(key, {
-                "format": KEY_FORMAT, "key": key, "step": name, "kind": spec.kind,
-                "module": module, "output": digest, "components": keyed.components,
-                "files": keyed.files, "formula": str(Path(self.formula).resolve()),
-                "origin": spec.origin, "started": started, "seconds": round(seconds, 3),
-                "log": str(log), "lineage": lineage, "metrics": metrics, "checks": checks})
+            facts = _read_json(facts_path, {})
+            notes = []
+            try:
+                digest, replaced = self.store.commit_output(out, replace=forced)
+                lineage = {inp: {"step": dep, "output": keyed.components["inputs"][inp]}
+                           for inp, dep in spec.deps.items()}
+                self.store.record(key, {
+                    "format": KEY_FORMAT, "key": key, "step": name, "kind": spec.kind,
+                    "module": module, "output": digest, "components": keyed.components,
+                    "files": keyed.files, "formula": str(Path(self.formula).resolve()),
+                    "origin": spec.origin, "started": started, "seconds": round(seconds, 3),
+                    "log": str(log), "lineage": lineage, "metrics": metrics, "run": facts,
+                    "checks": checks})
+            except OSError as exc:
+                _remove(out)  # nothing half-stored: the record, written last, was not
+                finished.finish_log()
+                self.progress.state(name, FAILED, "cannot store its output")
+                return Outcome(name, FAILED, **ran, tail=_text(finished.tail) if finished.log_error else "",
+                               error="its output could not be stored (so it was not cached): "
+                                     + describe_os_error(exc))
+            if replaced is not None:
+                notes.append(f"the stored copy it replaced was damaged ({replaced.files()}); moved to "
+                             f"{Path(replaced.moved_to).relative_to(self.store.root)}")
+            if finished.log_error and not finished.finish_log():
+                notes.append(f"its log could not be written whole ({finished.log_error})")
             _remove(run_dir)
             _remove(work)
             self.progress.state(name, BUILT, f"{seconds:.1f}s")
-            return Outcome(name, BUILT, key, digest, seconds, str(log),
+            return Outcome(name, BUILT, key, digest, seconds, str(log), notes=notes,
                            failed_checks=[c for c in checks if not c.get("passed")])
+
+    def _failed_run(self, name: str, finished: Finished, run_dir: Path, work: Path, ran: dict) -> Outcome:
+        """A step that did not succeed: why, in one line; its half-written output removed (which
+        also frees the space a full disk needs for the rest of its log)."""
+        out = run_dir / "out"
+        full = [p for p in (out, work, Path(ran["log"])) if nearly_full(p)]
+        said_full = b"No space left on device" in finished.tail or b"error: disk full" in finished.tail
+        where = describe_filesystem(full[0] if full else work) if full or said_full else ""
+        _remove(out)
+        if finished.cancelled or self._stop.is_set():
+            state = INTERRUPTED
+            kept = _kept(work)
+            how = f"stopped ({finished.signal_name})" if finished.signal_name else f"exit status {finished.status}"
+            error = f"interrupted: {how} when the build was interrupted"
+            detail = "interrupted"
+        elif finished.status < 0:
+            state, kept = FAILED, ""
+            sig = finished.signal_name
+            error = f"killed by {sig} (signal {-finished.status}), not by this build"
+            if sig == "SIGKILL":
+                error += " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)"
+            detail = f"killed by {sig}"
+        else:
+            state, kept = FAILED, ""
+            error = detail = f"exit status {finished.status}"
+        if where:
+            error = f"disk full on {where}; {error}; its half-written output was removed"
+            detail = "disk full"
+        self.progress.state(name, state, detail)
+        whole = finished.finish_log(f"\n[formula] step {name}: {error}\n")
+        tail = "" if whole else _text(finished.tail)
+        if not whole and finished.log_error:
+            error += f"; its log could not be written whole ({finished.log_error})"
+        rerun = ran["rerun"] if state == FAILED else ""
+        return Outcome(name, state, ran["key"], seconds=ran["seconds"], log=ran["log"], rerun=rerun,
+                       error=error, tail=tail, kept=kept)
 
     @staticmethod
     def _input_changed(fi: FileInput, before: list[str], hasher: Hasher) -> bool:
@@ -348,15 +491,29 @@ def _undo_writes(before: dict[Path, dict]) -> list[str]:
     return touched
 
 
+def _kept(work: Path) -> str:
+    """What an interrupted step leaves for the next build: its checkpoints, if any."""
+    try:
+        files = [f for f in work.rglob("*") if f.is_file()]
+    except OSError:
+        files = []
+    if not files:
+        return "nothing (it had written no checkpoint)"
+    size = sum(f.stat().st_size for f in files)
+    return f"its work folder ({len(files)} files, {size / 2**20:.1f} MiB: checkpoints the next build resumes from)"
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
 def _read_json(path: Path, default):
     """A step's optional report file (`metrics.json`, `checks.json`); unreadable is absent."""
-    if path.is_file():
-        try:
-            value = json.loads(path.read_text())
-            return value if isinstance(value, type(default)) else default
-        except json.JSONDecodeError:
-            return default
-    return default
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, type(default)) else default
+    except (OSError, ValueError):
+        return default
 
 
 def _failed(record: dict) -> list:

@@ -95,9 +95,15 @@ def plan(builder: Builder, graph: Graph, store: Store, formula: str,
                 continue
             keyed = builder.key(spec, outputs, hasher)
             record = store.action(keyed.key)
-            if record is not None and name not in force:
+            damage = store.damage(record["output"]) if record is not None else []
+            if record is not None and name not in force and not damage:
                 outputs[name] = record["output"]
                 out.append(PlannedStep(name, "cached", keyed.key))
+                continue
+            if damage and name not in force:
+                shown = "; ".join(f"{f}: {w}" for f, w in damage[:3])
+                out.append(PlannedStep(name, "run", keyed.key, [
+                    f"its stored output is damaged ({shown}); the build moves it aside and rebuilds it"]))
                 continue
             old = None
             if name in previous:

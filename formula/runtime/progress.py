@@ -6,11 +6,13 @@ import sys
 import threading
 import time
 
-from .build import BUILT, CACHED, FAILED, QUEUED, REUSED, RUNNING, SKIPPED, WAITING, Progress
+from .build import (BUILT, CACHED, FAILED, INTERRUPTED, QUEUED, REUSED, RUNNING, SKIPPED, WAITING,
+                    Progress)
 from .store import LockHolder
 
 STYLE = {CACHED: "dim green", REUSED: "green", BUILT: "bold green", FAILED: "bold red",
-         SKIPPED: "yellow", RUNNING: "bold cyan", WAITING: "magenta", QUEUED: "dim"}
+         SKIPPED: "yellow", RUNNING: "bold cyan", WAITING: "magenta", QUEUED: "dim",
+         INTERRUPTED: "bold yellow"}
 
 
 class PlainProgress(Progress):
@@ -29,6 +31,10 @@ class PlainProgress(Progress):
         who = holder.describe() if holder else "another build"
         with self._lock:
             print(f" waiting  {step}: locked by {who}", file=self.stream, flush=True)
+
+    def note(self, step: str, label: str, text: str) -> None:
+        with self._lock:
+            print(f"{label:>8}  {step}: {text}", file=self.stream, flush=True)
 
 
 class LiveProgress(Progress):
@@ -71,9 +77,14 @@ class LiveProgress(Progress):
             row = self.rows.setdefault(step, [QUEUED, "", None, None])
             if state == RUNNING:
                 row[2] = time.time()
-            if state in (BUILT, FAILED) and row[2] is not None:
+            if state in (BUILT, FAILED, INTERRUPTED) and row[2] is not None:
                 row[3] = time.time()
             row[0], row[1] = state, detail
 
     def waiting(self, step: str, holder: LockHolder | None) -> None:
         self.state(step, WAITING, f"locked by {holder.describe() if holder else 'another build'}")
+
+    def note(self, step: str, label: str, text: str) -> None:
+        with self._lock:
+            row = self.rows.setdefault(step, [QUEUED, "", None, None])
+            row[1] = f"{label}: {text}"

@@ -11,12 +11,18 @@ output), and ends with
 
 so that `python -m MODULE --config-dir DIR --config-name step` runs it alone from the YAML the
 build wrote: `config` (the resolved configuration), `inputs` (name → folder or file), `output`
-(an empty folder to fill) and `work` (scratch space that survives a crash, for checkpoints).
-The step knows nothing about caching, hashing or the store.
+(an empty folder to fill), `work` (scratch space that survives a crash, for checkpoints) and
+`facts` (where `run_facts` writes). The step knows nothing about caching, hashing or the store.
+
+The output folder is content-addressed: two runs that compute the same thing must write the same
+bytes there. Facts about one run (wall times, throughput, whether it resumed) go through
+`run_facts` into the step's action record instead, so they never change the output's digest.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import sys
@@ -25,6 +31,91 @@ from typing import Callable
 
 
 PARENT_ENV = "FORMULA_PARENT_PID"
+_facts_path: Path | None = None
+# Errors of the filesystem, not of the step: said in one line, naming the filesystem.
+FS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only filesystem", errno.EIO: "I/O error",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EFBIG: "file too large"}
+
+
+def run_facts(**facts) -> None:
+    """Record facts about this run (seconds, throughput, resumed) in the step's action record
+    rather than in its output. Merged across calls; rank 0 of a multi-process step writes."""
+    if _facts_path is None or os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        current = json.loads(_facts_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        current = {}
+    current.update(facts)
+    tmp = _facts_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, sort_keys=True, default=str))
+    os.replace(tmp, _facts_path)
+
+
+def mount_point(path: str | os.PathLike) -> str:
+    """The mount point of the filesystem holding `path` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        dev = os.stat(path).st_dev
+        while path != "/":
+            parent = os.path.dirname(path)
+            if os.stat(parent).st_dev != dev:
+                break
+            path = parent
+    except OSError:
+        pass
+    return path
+
+
+def describe_filesystem(path: str | os.PathLike) -> str:
+    """`/mnt/store (tmpfs, 0 B free of 1.0 MiB)`: the filesystem a path lives on."""
+    mount = mount_point(path)
+    kind = ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) > 2 and parts[1].replace("\\040", " ") == mount:
+                    kind = parts[2]  # the last entry for a mount point is the visible one
+    except OSError:
+        pass
+    try:
+        st = os.statvfs(mount)
+        space = f"{_human(st.f_bavail * st.f_frsize)} free of {_human(st.f_blocks * st.f_frsize)}"
+    except OSError:
+        space = ""
+    detail = ", ".join(x for x in (kind, space) if x)
+    return f"{mount} ({detail})" if detail else mount
+
+
+def nearly_full(path: str | os.PathLike, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem holding `path` has less than `margin` bytes (or inodes) left."""
+    try:
+        st = os.statvfs(mount_point(path))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin or (st.f_files > 0 and st.f_favail == 0)
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for an I/O failure: what, where, and on which filesystem."""
+    where = path or exc.filename
+    what = FS_ERRNOS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+    if where is None:
+        return what
+    return f"{what}: {where} on {describe_filesystem(where)}"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def kill_on_parent_death() -> None:
@@ -68,7 +159,17 @@ def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
                 output.mkdir(parents=True)
             work = Path(cfg.work)
             work.mkdir(parents=True, exist_ok=True)
-            run(config, inputs, output, work)
+            global _facts_path
+            _facts_path = Path(cfg.facts) if cfg.get("facts") else None
+            try:
+                run(config, inputs, output, work)
+            except OSError as exc:
+                if exc.errno not in FS_ERRNOS:
+                    raise
+                # stderr is a pipe to the build, so this line gets out even when the disk is full
+                where = "" if exc.filename else f" (its output is on {describe_filesystem(output)})"
+                print(f"error: {describe_os_error(exc)}{where}", file=sys.stderr, flush=True)
+                raise SystemExit(3)
 
         app()
         exit_without_teardown()

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from formula.runtime.step import step_entry
+from formula.runtime.step import run_facts, step_entry
 
 # Config keys that do not change what a step produces (so changing them shows early cutoff).
 COSMETIC = {"log_every", "save_every"}
@@ -35,6 +35,11 @@ def make(kind: str):
         if marker:
             with open(marker, "a") as fh:
                 fh.write(f"{config.get('name', kind)}:{kind}\n")
+        pidfile = os.environ.get(f"FAKE_PIDFILE_{upper}")
+        if pidfile:
+            Path(pidfile).write_text(str(os.getpid()))
+        for i in range(int(os.environ.get(f"FAKE_LOG_LINES_{upper}", "0"))):
+            print(f"fake {kind} log line {i:05d} " + "x" * 60, flush=True)
         if os.environ.get(f"FAKE_FAIL_{upper}"):
             print(f"fake {kind} step failing on purpose", file=sys.stderr)
             raise SystemExit(4)
@@ -57,5 +62,19 @@ def make(kind: str):
             "resumed_from": done,
         }, sort_keys=True, indent=1))
         (output / "metrics.json").write_text(json.dumps({"fake_metric": 1.0}))
+        # Facts of this run go to the action record, never into the output.
+        run_facts(finished_at=time.time(), pid=os.getpid(), resumed=done > 0)
+        fill = os.environ.get(f"FAKE_FILL_DISK_{upper}")  # `output` or `work`: write there until full
+        if fill:
+            block = b"\0" * (1 << 16)
+            try:
+                with open((output if fill == "output" else work) / "filler.bin", "wb") as fh:
+                    while True:
+                        fh.write(block)
+                        fh.flush()
+            except OSError:
+                for i in range(int(os.environ.get(f"FAKE_LOG_LINES_AFTER_{upper}", "0"))):
+                    print(f"fake {kind} after the disk filled {i:05d} " + "y" * 60, flush=True)
+                raise
 
     return step_entry(None, run)

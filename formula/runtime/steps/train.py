@@ -2,9 +2,15 @@
 
 The output is a standalone model folder (for LoRA: the adapter in `adapter/` and the weights with
 it merged, so a later stage or `assemble` starts from one folder), with `metrics.jsonl` (loss,
-learning rate, grad norm and tokens per second per logging step), `loss.png`, `lineage.json`.
+learning rate and grad norm per logging step), `metrics.json` (the whole run's mean training loss,
+steps, examples), `loss.png`, `lineage.json`. Everything in it is a function of the inputs and
+the seed: wall times, tokens per second and whether the run resumed are facts of one run, kept in
+the action record (`run_facts`), so a rerun that gives the same weights gives the same output
+digest and the steps after it stay cached.
+
 Checkpoints go to the step's work folder every `save_every` steps; a killed run resumes from the
-last one. Several processes (`processes = 2`) run under torch's launcher, over gloo on CPU.
+last one, and its figures cover the whole run (the loss sum so far is saved with each checkpoint).
+Several processes (`processes = 2`) run under torch's launcher, over gloo on CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from formula.runtime.corpus.predicate import matches
-from formula.runtime.step import fail, step_entry
+from formula.runtime.step import fail, run_facts, step_entry
 
 PROCESS_START = time.time()
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors")
@@ -133,9 +139,18 @@ def dpo_data(cfg: Config, data_dir: Path):
     return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
 
 
+LOSS_SUM = "formula_loss.json"  # beside each checkpoint: the loss summed over the run so far
+
+
 class MetricsLog:
     """Appends one JSON line per logging step to the work folder (so a resumed run continues
-    the same curve), with throughput in tokens per second since the previous line."""
+    the same curve), and throughput (tokens per second since the previous line, a fact of this
+    run) to another file there.
+
+    Its callback also makes the run's mean loss cover the whole run when it resumes: every
+    checkpoint is a logging step, and the trainer's loss sum at that step is saved beside it; a
+    resumed run starts its sum from there (the trainer restarts it at 0), so the sum is added up
+    in the same order as an uninterrupted run's and `train_loss` comes out identical."""
 
     def __init__(self, path: Path):
         from transformers import TrainerCallback
@@ -143,31 +158,67 @@ class MetricsLog:
         log = self
 
         class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if control.should_save:
+                    control.should_log = True  # the loss sum is whole at every checkpoint
+                return control
+
+            def on_train_begin(self, args, state, control, **kw):
+                if log.trainer is not None and log.resumed_sum is not None:
+                    log.trainer._total_loss_scalar = log.resumed_sum
+
             def on_log(self, args, state, control, logs=None, **kw):
                 if rank() == 0 and logs and "loss" in logs:
                     log.write(state, logs)
 
+            def on_save(self, args, state, control, **kw):
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if rank() == 0 and log.trainer is not None and folder.is_dir():
+                    tmp = folder / (LOSS_SUM + ".tmp")
+                    tmp.write_text(json.dumps({"step": state.global_step,
+                                               "loss_sum": log.trainer._total_loss_scalar}))
+                    os.replace(tmp, folder / LOSS_SUM)
+
         self.path = path
+        self.throughput_path = path.with_name("throughput.jsonl")
         self.callback = Callback()
         self.last = (time.time(), 0)
+        self.trainer = None
+        self.resumed_sum: float | None = None
+        self.resumed_step: int | None = None
 
-    def truncate_after(self, step: int) -> None:
-        if self.path.exists():
-            rows = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-            self.path.write_text("".join(r + "\n" for r in rows))
+    def resume_from(self, checkpoint: Path) -> None:
+        """Continue the curve and the loss sum of the run that wrote `checkpoint`."""
+        step = int(checkpoint.name.split("-")[1])
+        self.resumed_sum = float(json.loads((checkpoint / LOSS_SUM).read_text())["loss_sum"])
+        self.resumed_step = step
+        if rank() != 0:
+            return
+        for path in (self.path, self.throughput_path):  # steps logged after it are run again
+            if path.exists():
+                rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+                path.write_text("".join(r + "\n" for r in rows))
 
     def write(self, state, logs: dict) -> None:
         now, tokens = time.time(), int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen or 0))
         then, before = self.last
         row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs.get("loss"),
-               "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-               "tokens_per_second": round((tokens - before) / max(now - then, 1e-9), 1) if tokens else None}
+               "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
         for k in ("rewards/margins", "rewards/accuracies"):
             if k in logs:
                 row[k.replace("/", "_")] = logs[k]
         self.last = (now, tokens)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if tokens:
+            with open(self.throughput_path, "a") as fh:
+                fh.write(json.dumps({"step": state.global_step,
+                                     "tokens_per_second": round((tokens - before) / max(now - then, 1e-9), 1)}) + "\n")
+
+    def throughput(self) -> list[dict]:
+        if not self.throughput_path.exists():
+            return []
+        return [json.loads(l) for l in self.throughput_path.read_text().splitlines() if l.strip()]
 
 
 def plot(metrics: str | Path, png: str | Path, title: str) -> None:
@@ -257,15 +308,14 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     log = MetricsLog(work / "metrics.jsonl")
     checkpoints = work / "checkpoints"
     if rank() == 0:
-        # A checkpoint is whole once the trainer wrote its state last; a kill mid-save leaves
-        # one without it, which must not be resumed from.
+        # A checkpoint is whole once the trainer wrote its state and we wrote the loss sum, in
+        # that order; a kill mid-save leaves one without them, which must not be resumed from.
         for partial in checkpoints.glob("checkpoint-*"):
-            if not (partial / "trainer_state.json").is_file():
+            if not (partial / "trainer_state.json").is_file() or not (partial / LOSS_SUM).is_file():
                 shutil.rmtree(partial, ignore_errors=True)
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    if resume and rank() == 0:
-        last = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
-        log.truncate_after(last)  # steps logged after the checkpoint are run again
+    if resume:
+        log.resume_from(max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])))
     if cfg.method == "dpo":
         trainer = DPOTrainer(model=model, args=trainer_args(cfg, work, DPOConfig, cuda, bf16),
                              train_dataset=data, processing_class=tok, peft_config=peft_config,
@@ -274,9 +324,13 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
         trainer = SFTTrainer(model=model, args=trainer_args(cfg, work, SFTConfig, cuda, bf16),
                              train_dataset=data, processing_class=tok, peft_config=peft_config,
                              callbacks=[log.callback])
+    log.trainer = trainer
     started = time.time()
     print(f"[formula] ready to train {started - PROCESS_START:.2f}s after the process started; {torch.get_num_threads()} threads", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
+    # The trainer's own `training_loss` averages only the steps of this call; the sum (resumed
+    # from the checkpoint) over every step of the run gives the whole run's mean.
+    train_loss = trainer._total_loss_scalar / max(result.global_step, 1)
     if rank() != 0:
         return
     print(f"[formula] trained in {time.time() - started:.2f}s", file=sys.stderr)
@@ -302,11 +356,15 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     }, indent=1, sort_keys=True))
     print(f"[formula] saved and plotted {time.time() - started:.2f}s after training started", file=sys.stderr)
     (output / "metrics.json").write_text(json.dumps({
-        "train_loss": round(result.training_loss, 5), "steps": result.global_step,
-        "seconds": round(time.time() - started, 2), "resumed": resume,
+        "train_loss": round(train_loss, 5), "steps": result.global_step,
         "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if cuda else "cpu",
         "template_sha256": template_sha,
-        "examples": len(data)}))
+        "examples": len(data)}, sort_keys=True))
+    throughput = log.throughput()
+    rates = [r["tokens_per_second"] for r in throughput if r.get("tokens_per_second")]
+    run_facts(seconds=round(time.time() - started, 2), resumed=resume, resumed_from_step=log.resumed_step,
+              tokens_per_second=round(sum(rates) / len(rates), 1) if rates else None,
+              throughput=throughput)
 
 
 def launch(cfg: Config) -> None:
