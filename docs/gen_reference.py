@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from formula.compiler import types as T
-from formula.compiler.schema import (METADATA_FIELDS, METRICS, QUANT_TYPES, SCHEMAS, VAR_TYPES,
-                                     FieldSpec)
+from formula.contract import types as T
+from formula.compiler.schema import METADATA_FIELDS, METRICS, SCHEMAS, VAR_TYPES, FieldSpec
+from formula.formats import FORMATS
 
 OUT = Path(__file__).resolve().parent / "reference.md"
 
@@ -65,7 +65,9 @@ def funcs_of(t: T.Type, found: dict) -> None:
 
 def render() -> str:
     out = ["# Formula reference", "",
-           "Generated from `formula/compiler/schema.py` by `docs/gen_reference.py`; do not edit by hand.",
+           "Generated from `formula/compiler/schema.py` (with the fields of `formula/contract/steps.py`, the",
+           "training methods in `formula/methods/` and the export formats in `formula/formats/`) by",
+           "`docs/gen_reference.py`; do not edit by hand.",
            "The language itself is described in [language.md](language.md).", ""]
     funcs: dict[str, T.Func] = {}
     for kind, schema in SCHEMAS.items():
@@ -91,11 +93,12 @@ def render() -> str:
     out += ["", "`?` marks an optional argument. Positional arguments come first, in this order.", "",
             "## Session fields in conditions", "", "| field | type |", "|---|---|"]
     out += [f"| `{k}` | {v.__name__} |" for k, v in METADATA_FIELDS.items()]
-    out += ["", "## Var types", "", ", ".join(f"`{k}`" for k in VAR_TYPES), "",
-            "## Quantization types", "", "| type | row length it needs | needs an importance matrix |",
-            "|---|---|---|"]
-    out += [f"| `{q}` | {n if n > 1 else '—'} | {'yes (refused)' if im else 'no'} |"
-            for q, (n, im) in QUANT_TYPES.items()]
+    out += ["", "## Var types", "", ", ".join(f"`{k}`" for k in VAR_TYPES)]
+    for fmt in FORMATS.values():
+        out += ["", f"## Quantization types: `{fmt.name}`", "", f"{fmt.doc[0].upper() + fmt.doc[1:]}.", "",
+                "| type | row length it needs | needs an importance matrix |", "|---|---|---|"]
+        out += [f"| `{q}` | {x.row if x.row > 1 else '—'} | {'yes (refused)' if x.imatrix else 'no'} |"
+                for q, x in fmt.quants.items()]
     return "\n".join(out) + "\n"
 
 

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from dataclasses import replace
+
+from formula.contract.conditions import Cmp
+from formula.contract.steps import DataView, GastownSource, TranscriptSource
 from formula.runtime.steps import corpus, pairs
 
 from conftest import ROOT
@@ -43,9 +47,8 @@ def loop_session(i: int) -> list:
 
 
 def config(tmp_path, **kw) -> corpus.Config:
-    src = corpus.Source(type="transcript_source", input="source0", glob=str(tmp_path / "data" / "**" / "*.jsonl"),
-                        format="claude_code")
-    return corpus.Config(name="sessions", sources=[src], **kw)
+    src = TranscriptSource(input="source0", glob=str(tmp_path / "data" / "**" / "*.jsonl"), format="claude_code")
+    return corpus.Config(name="sessions", sources=(src,), **kw)
 
 
 def run_corpus(tmp_path, cfg, out="out") -> Path:
@@ -109,7 +112,7 @@ def test_on_error_skip_counts_and_lists_the_line(tmp_path):
 def test_an_empty_corpus_names_the_filter_that_emptied_it(tmp_path, capsys):
     write_session(tmp_path / "data", "s1", ok_session(1))
     with pytest.raises(SystemExit):
-        run_corpus(tmp_path, config(tmp_path, where={"field": "role", "op": "==", "value": "polecat"}))
+        run_corpus(tmp_path, config(tmp_path, where=Cmp("role", "==", "polecat")))
     err = capsys.readouterr().err
     assert 'is empty after where role == "polecat"' in err and "read: 1" in err
 
@@ -149,9 +152,8 @@ def test_gastown_roles_from_cwd_and_outcomes_from_beads(tmp_path):
     beads = tmp_path / "issues.jsonl"
     beads.write_text(json.dumps({"id": "gt-1", "status": "closed", "close_reason": "merged",
                                  "closed_by_session": "p1"}) + "\n")
-    src = corpus.Source(type="gastown_source", input="source0", projects=str(projects),
-                        beads=str(beads), town="/home/op/gt")
-    cfg = corpus.Config(name="sessions", sources=[src])
+    src = GastownSource(input="source0", projects=str(projects), beads=str(beads), town="/home/op/gt")
+    cfg = corpus.Config(name="sessions", sources=(src,))
     out = tmp_path / "out"
     out.mkdir()
     corpus.run(cfg, {"source0": Path(f"{projects}/**/*.jsonl"), "source0_beads": beads}, out, tmp_path / "w")
@@ -170,18 +172,18 @@ def test_pairs_from_a_corpus_match_by_prompt(tmp_path, capsys):
     sidecar.write_text("".join(json.dumps({"session": f"{k}{i}", "outcome": o}) + "\n"
                                for i in range(2) for k, o in (("ok", "merged"), ("bad", "abandoned"))))
     cfg = config(tmp_path)
-    cfg.sources[0].meta, cfg.sources[0].meta_arg = "sidecar", str(sidecar)
+    cfg = replace(cfg, sources=(replace(cfg.sources[0], meta="sidecar", meta_arg=str(sidecar)),))
     out = run_corpus(tmp_path, cfg)
-    pcfg = pairs.Config(name="prefs", data={"kind": "corpus", "name": "sessions", "split": "train", "where": None},
-                        chosen={"field": "outcome", "op": "==", "value": "merged"},
-                        rejected={"field": "outcome", "op": "==", "value": "abandoned"}, match="prompt")
+    pcfg = pairs.Config(name="prefs", data=DataView("corpus", "sessions", "train"),
+                        chosen=Cmp("outcome", "==", "merged"), rejected=Cmp("outcome", "==", "abandoned"),
+                        match="prompt")
     pout = tmp_path / "pairs"
     pout.mkdir()
     pairs.run(pcfg, {"corpus": out}, pout, tmp_path / "w")
     got = read(pout / "pairs.jsonl")
     assert sorted((p["chosen_id"], p["rejected_id"]) for p in got) == [("ok0", "bad0"), ("ok1", "bad1")]
     assert got[0]["prompt"][-1]["role"] == "user" and got[0]["chosen"][0]["role"] == "assistant"
-    pcfg.match = "bead"
+    pcfg = replace(pcfg, match="bead")
     empty = tmp_path / "pairs2"
     empty.mkdir()
     with pytest.raises(SystemExit):
@@ -196,11 +198,11 @@ def test_the_example_corpus_output_holds_no_planted_secret(tmp_path):
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     data = ROOT / "examples" / "data"
-    src = corpus.Source(type="gastown_source", input="source0", projects=str(data / "projects"),
-                        beads=str(data / "beads" / "issues.jsonl"), town="/home/op/gt")
+    src = GastownSource(input="source0", projects=str(data / "projects"), beads=str(data / "beads" / "issues.jsonl"),
+                        town="/home/op/gt")
     out = tmp_path / "out"
     out.mkdir()
-    corpus.run(corpus.Config(name="sessions", sources=[src], holdout=0.1, max_dropped=0.5),
+    corpus.run(corpus.Config(name="sessions", sources=(src,), holdout=0.1, max_dropped=0.5),
                {"source0": Path(f"{data}/projects/**/*.jsonl"), "source0_beads": data / "beads" / "issues.jsonl"},
                out, tmp_path / "w")
     written = "".join((out / f).read_text() for f in ("train.jsonl", "holdout.jsonl", "dropped.jsonl"))

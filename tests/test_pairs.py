@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from formula.contract.conditions import Cmp
+from formula.contract.steps import DataView, TranscriptSource
 from formula.runtime.steps import pairs
 
-MERGED = {"field": "outcome", "op": "==", "value": "merged"}
-BURNED = {"field": "outcome", "op": "==", "value": "burned"}
+MERGED = Cmp("outcome", "==", "merged")
+BURNED = Cmp("outcome", "==", "burned")
 
 
 def row(id, outcome, bead=None, start=None, role="polecat", prompt=None, dropped=None) -> dict:
@@ -38,7 +40,7 @@ def corpus(tmp_path: Path, train: list[dict], dropped: list[dict] = ()) -> Path:
 
 
 def run(tmp_path: Path, folder: Path, match="bead", chosen=MERGED, rejected=BURNED, where=None):
-    cfg = pairs.Config(name="prefs", data={"kind": "corpus", "name": "sessions", "split": "train", "where": where},
+    cfg = pairs.Config(name="prefs", data=DataView("corpus", "sessions", "train", where),
                        chosen=chosen, rejected=rejected, match=match)
     out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
     out.mkdir()
@@ -122,7 +124,7 @@ def test_given_pairs_are_labeled_too(tmp_path):
     given.write_text(json.dumps({"prompt": [{"role": "user", "content": "Merge the queue."}],
                                  "chosen": [{"role": "assistant", "content": "Merged 3."}],
                                  "rejected": [{"role": "assistant", "content": "I cannot."}]}) + "\n")
-    cfg = pairs.Config(name="given", source={"glob": str(given)})
+    cfg = pairs.Config(name="given", source=TranscriptSource(glob=str(given), format="pairs"))
     out = tmp_path / "out"
     out.mkdir()
     pairs.run(cfg, {"source": given}, out, tmp_path / "work")

@@ -19,7 +19,7 @@ def test_role_formula_is_its_parent_plus_a_few_lines():
     sft = plan.stages["sft"]
     assert sft.adapter.r == 32 and sft.adapter.alpha == 64.0
     assert sft.data == P.DataView("corpus", "gt.sessions", "train", P.Cmp("outcome", "==", "merged"))
-    assert plan.stages["dpo"].model == "sft" and plan.stages["dpo"].get("lr") == 2e-5
+    assert plan.stages["dpo"].model == "sft" and plan.stages["dpo"].settings.lr == 2e-5
     assert set(plan.evals) == {"gate", "tools"}
 
 
@@ -29,7 +29,7 @@ def test_imported_library_is_bound_by_use_arguments():
     assert sessions.where == P.AllOf((P.Cmp("role", "==", "mayor"), P.Cmp("turns", ">=", 2)))
     assert sessions.holdout == 0.05 and sessions.max_len == 4096
     assert plan.pairs["gt.outcomes"].data.name == "gt.sessions"
-    assert plan.stages["sft"].get("epochs") == 3
+    assert plan.stages["sft"].settings.epochs == 3
 
 
 def test_file_overrides_reach_exports_and_evals():
@@ -41,7 +41,7 @@ def test_file_overrides_reach_exports_and_evals():
 def test_command_line_overrides_win():
     plan = compiled("formulas/witness.formula", "stage.sft.lr=5e-5", "var.rank=16",
                     "stage.dpo.adapter.r=4")
-    assert plan.stages["sft"].get("lr") == 5e-5
+    assert plan.stages["sft"].settings.lr == 5e-5
     assert plan.stages["sft"].adapter.r == 16
     assert plan.stages["dpo"].adapter.r == 4
 
@@ -49,7 +49,8 @@ def test_command_line_overrides_win():
 def test_example_plan():
     plan = compiled("examples/tiny.formula")
     tiny = plan.models["tiny"]
-    assert tiny.source == P.InitSource("llama", 256, 2, 4, 2, 512, 1024, 1)
+    assert tiny.source == P.InitSource(arch="llama", hidden=256, layers=2, heads=4, kv_heads=2, ffn=512,
+                                       context=1024, seed=1)
     assert tiny.tokenizer == P.TrainedTokenizer("sessions", 1024)
     assert tiny.template == P.NamedTemplate("chatml")
     assert plan.stages["lm"].adapter is None
@@ -62,10 +63,9 @@ def test_example_plan():
 
 
 def test_conditions_lower_to_what_the_runtime_evaluates():
-    from formula.compiler.lower import pred_config
-    from formula.runtime.corpus.predicate import matches
+    from formula.contract.conditions import from_json, matches, to_json
 
-    pred = pred_config(P.AllOf((P.Cmp("role", "in", ("mayor", "crew")), P.Negate(P.Cmp("turns", "<", 2)))))
+    pred = from_json(to_json(P.AllOf((P.Cmp("role", "in", ("mayor", "crew")), P.Negate(P.Cmp("turns", "<", 2))))))
     assert matches(pred, {"role": "crew", "turns": 3})
     assert not matches(pred, {"role": "crew", "turns": 1})
     assert not matches(pred, {"turns": 5})  # a missing field never matches

@@ -11,22 +11,22 @@ from conftest import ROOT
 pytest.importorskip("transformers")
 
 from formula.runtime.steps import corpus, tokenize, tokenizer  # noqa: E402
-from formula.runtime.templates import CHATML  # noqa: E402
+from formula.contract.steps import GastownSource, NamedTemplate  # noqa: E402
+from formula.contract.templates import CHATML  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tok")
     data = ROOT / "examples" / "data"
-    src = corpus.Source(type="gastown_source", input="source0", projects=str(data / "projects"),
-                        beads=str(data / "beads" / "issues.jsonl"), town="/home/op/gt")
+    src = GastownSource(input="source0", projects=str(data / "projects"), beads=str(data / "beads" / "issues.jsonl"),
+                        town="/home/op/gt")
     (tmp / "corpus").mkdir()
-    corpus.run(corpus.Config(name="sessions", sources=[src], holdout=0.1, max_dropped=0.5),
+    corpus.run(corpus.Config(name="sessions", sources=(src,), holdout=0.1, max_dropped=0.5),
                {"source0": Path(f"{data}/projects/**/*.jsonl"), "source0_beads": data / "beads" / "issues.jsonl"},
                tmp / "corpus", tmp / "w")
     (tmp / "tok").mkdir()
-    tokenizer.run(tokenizer.Config(vocab=1024, corpus="sessions",
-                                   template={"type": "named_template", "name": "chatml"}),
+    tokenizer.run(tokenizer.Config(vocab=1024, corpus="sessions", template=NamedTemplate("chatml")),
                   {"corpus": tmp / "corpus"}, tmp / "tok", tmp / "w")
     (tmp / "out").mkdir()
     tokenize.run(tokenize.Config(corpus="sessions", model="tiny", max_len=512, workers=2),

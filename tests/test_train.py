@@ -183,9 +183,9 @@ def test_lora_targets_that_match_nothing(example, capsys):
 
     project, store = example
     model = AutoModelForCausalLM.from_pretrained(output_of(project, store, "model.tiny"))
-    cfg = train.Config(name="sft", adapter={"type": "lora_plan", "r": 4, "alpha": 8, "dropout": 0.0,
-                                            "targets": ["query", "value"], "bias": "none", "rslora": False,
-                                            "dora": False})
+    from formula.contract.steps import Lora
+
+    cfg = train.Config(name="sft", adapter=Lora(r=4, alpha=8, dropout=0.0, targets=("query", "value")))
     with pytest.raises(SystemExit):
         train.lora_config(cfg, model)
     err = capsys.readouterr().err

@@ -27,14 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def make_corpus(folder: Path, megabytes: int) -> int:
     """The example's scrubbed sessions, varied and repeated to the requested size."""
+    from formula.contract.steps import GastownSource
     from formula.runtime.steps import corpus
 
     data = ROOT / "examples" / "data"
-    src = corpus.Source(type="gastown_source", input="source0", projects=str(data / "projects"),
+    src = GastownSource(input="source0", projects=str(data / "projects"),
                         beads=str(data / "beads" / "issues.jsonl"), town="/home/op/gt")
     base = folder / "base"
     base.mkdir()
-    corpus.run(corpus.Config(name="s", sources=[src], max_dropped=0.5),
+    corpus.run(corpus.Config(name="s", sources=(src,), max_dropped=0.5),
                {"source0": Path(f"{data}/projects/**/*.jsonl"), "source0_beads": data / "beads" / "issues.jsonl"},
                base, folder / "w")
     sessions = [json.loads(l) for l in (base / "train.jsonl").read_text().splitlines()]
@@ -59,11 +60,12 @@ def make_corpus(folder: Path, megabytes: int) -> int:
 
 
 def train_tokenizer(folder: Path) -> Path:
+    from formula.contract.steps import NamedTemplate
     from formula.runtime.steps import tokenizer
 
     out = folder / "tok"
     out.mkdir()
-    tokenizer.run(tokenizer.Config(vocab=2048, template={"type": "named_template", "name": "chatml"}),
+    tokenizer.run(tokenizer.Config(vocab=2048, template=NamedTemplate("chatml")),
                   {"corpus": folder / "base"}, out, folder / "w")
     return out
 

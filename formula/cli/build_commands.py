@@ -85,9 +85,7 @@ def _store(formula: str | None, explicit: str | None):
 
 
 def _select(graph, names: list[str], flag: str):
-    from formula.compiler.lower import step_names
-
-    found, unmatched = step_names(graph, names)
+    found, unmatched = graph.select(names)
     for u in unmatched:
         from formula.compiler.diagnostics import did_you_mean
 
@@ -410,7 +408,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from formula.cli.serve import choose_target, serve
+    from formula.cli.serve import artifact, choose_target, serve
 
     store, build = _latest_build(ns)
     if build is None:
@@ -422,7 +420,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
                                     "add an `export` block and build"), file=sys.stderr)
         return EXIT_USAGE
     record = store.action(build["steps"][step])
-    path = store.object_path(record["output"]) / "model.gguf" if record else None
+    path = store.object_path(record["output"]) / artifact(step) if record else None
     if path is None or not path.is_file():
         print(f"formula serve: {step}'s artifact is missing from the store; build again", file=sys.stderr)
         return EXIT_ERRORS

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from formula.runtime.graph import FileInput, Graph, StepSpec
+from formula.contract.graph import FileInput, Graph, StepSpec
 from formula.runtime.hashing import digest_bytes
 from formula.runtime.store import write_json_atomic
 
@@ -20,13 +20,14 @@ CACHE_FORMAT = 1
 
 
 def _compiler_digest() -> str:
-    import formula.compiler as compiler_pkg
-
-    folder = Path(compiler_pkg.__file__).parent
+    """The code that compiling runs: the compiler, and what it reads below it (the contract, the
+    training methods, the export formats), every file, so a new method module counts too."""
+    root = Path(__file__).resolve().parent.parent
     parts = []
-    for f in sorted(folder.iterdir()):
-        if f.suffix in (".py", ".lark"):
-            parts.append(f.name.encode() + b"\0" + digest_bytes(f.read_bytes()).encode())
+    for package in ("compiler", "contract", "methods", "formats"):
+        for f in sorted((root / package).rglob("*")):
+            if f.suffix in (".py", ".lark") and "__pycache__" not in f.parts:
+                parts.append(str(f.relative_to(root)).encode() + b"\0" + digest_bytes(f.read_bytes()).encode())
     return digest_bytes(b"\n".join(parts))
 
 

@@ -28,20 +28,22 @@ def _corpus_steps(graph, name: str | None):
 
 def _template_for(graph, corpus_step: str) -> tuple[str | None, str]:
     """The chat template of the first model that tokenizes this corpus: (text, where from)."""
-    from formula.runtime.templates import NAMED
+    from formula.contract.config import decode
+    from formula.contract.steps import FileTemplate, ModelConfig, NamedTemplate, PathSource
+    from formula.contract.templates import NAMED
 
     corpus = corpus_step.split(".", 1)[1]
     for s in graph.steps.values():
         if s.kind == "tokenize" and s.config.get("corpus") == corpus:
-            model = graph.steps.get(f"model.{s.config.get('model')}")
-            tpl = model.config.get("template", {}) if model else {}
-            if tpl.get("type") == "named_template" and tpl.get("name") in NAMED:
-                return NAMED[tpl["name"]], f"template `{tpl['name']}` of model `{s.config['model']}`"
-            if tpl.get("type") == "file_template" and Path(tpl["path"]).is_file():
-                return Path(tpl["path"]).read_text(encoding="utf-8"), tpl["path"]
-            source = model.config.get("source", {}) if model else {}
-            if source.get("type") == "path_source":
-                cfg = Path(source["dir"]) / "tokenizer_config.json"
+            spec = graph.steps.get(f"model.{s.config.get('model')}")
+            model = decode(ModelConfig, spec.config) if spec else ModelConfig()
+            tpl = model.template
+            if isinstance(tpl, NamedTemplate) and tpl.name in NAMED:
+                return NAMED[tpl.name], f"template `{tpl.name}` of model `{s.config['model']}`"
+            if isinstance(tpl, FileTemplate) and Path(tpl.path).is_file():
+                return Path(tpl.path).read_text(encoding="utf-8"), tpl.path
+            if isinstance(model.source, PathSource):
+                cfg = Path(model.source.dir) / "tokenizer_config.json"
                 if cfg.is_file():
                     text = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
                     if isinstance(text, str):
@@ -104,9 +106,8 @@ def summary(corpus, spec, seconds: float) -> str:
 
 
 def cmd_data(ns: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from formula.cli.build_commands import _compile
+    from formula.contract.config import decode
     from formula.runtime.steps import corpus as corpus_step
 
     if ns.corpus and "=" in ns.corpus:  # an override, not a corpus name
@@ -123,7 +124,7 @@ def cmd_data(ns: argparse.Namespace) -> int:
     color = _use_color(sys.stdout)
     reports = []
     for spec in steps:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(corpus_step.Config), spec.config))
+        cfg = decode(corpus_step.Config, spec.config)
         inputs = {name: Path(fi.pattern) for name, fi in spec.files.items()}
         started = time.perf_counter()
         try:

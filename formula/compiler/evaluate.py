@@ -11,7 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import ast, plan, types as T
+from formula.contract import types as T
+
+from . import ast, plan
 from .diagnostics import (Diagnostic, Label, did_you_mean, edit_distance, error, near_names,
                           one_of, warning)
 from .resolve import BlockDef, Program, Scope, VarDef

@@ -1,65 +1,37 @@
-"""Typed plan → step graph: one step per unit of work, each with its whole configuration.
+"""Typed plan → step graph: one step per unit of work, each with its typed configuration.
 
     corpus.C          load, scrub, filter and split a corpus          (data files)
     tokenizer.M       train a BPE tokenizer for a model made by init  (corpus.C)
     model.M           make, fetch or read a base model                (tokenizer.M, files)
     tokenize.C.M      a corpus with a model's tokenizer and template  (corpus.C, model.M)
-    pairs.P           preference pairs                                (corpus.C or files)
+    pairs.P           preference pairs and labeled sessions           (corpus.C or files)
     train.S           one training stage                              (model or train, data)
     assemble.A        a standalone model folder                       (train.S)
-    gguf.E.Q          one GGUF file per quant type                    (assemble.A or model.M)
+    <format>.E.Q      one exported file per quant type (gguf.E.Q)     (assemble.A or model.M)
     eval.V            metrics and gates                               (what it measures, data)
 
-Configurations are plain JSON-able values; the runtime writes them as Hydra YAML, validates
-them against each step's structured config, and keys steps by them.
+Each step's configuration is built as its record in `formula/contract/steps.py` and written as
+plain data (`encode`): the runtime writes that as Hydra YAML, keys the step by it, and the step
+reads it back into the same record. The data a stage trains on is its method's
+(`formula/methods/`); an export's steps are its format's (`formula/formats/`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Iterable
+import os
+from dataclasses import replace
+from typing import Any
 
-from formula.runtime.graph import FileInput, Graph, StepSpec
+from formula.contract.conditions import to_json
+from formula.contract.config import encode
+from formula.contract.graph import FileInput, Graph, StepSpec
+from formula.contract.steps import (AssembleConfig, CorpusConfig, EvalConfig, ExportConfig, Full,
+                                    ModelConfig, PairsConfig, TokenizeConfig, TokenizerConfig,
+                                    TrainConfig)
+from formula.methods import LABELED, METHODS, PAIRS
 
 from . import plan as P
-
-
-def to_config(value: object) -> object:
-    """Plan records as plain data; the members of a union carry a `type` tag."""
-    if isinstance(value, (P.Cmp, P.AllOf, P.AnyOf, P.Negate, P.Always)):
-        return pred_config(value)
-    if dataclasses.is_dataclass(value):
-        out = {"type": _snake(type(value).__name__)}
-        for f in dataclasses.fields(value):
-            if f.name == "origin":
-                continue
-            out[f.name] = to_config(getattr(value, f.name))
-        return out
-    if isinstance(value, dict):
-        return {k: to_config(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_config(v) for v in value]
-    return value
-
-
-def pred_config(pred: P.Pred | None) -> object:
-    if pred is None:
-        return None
-    if isinstance(pred, P.Cmp):
-        return {"field": pred.field, "op": pred.op,
-                "value": list(pred.value) if isinstance(pred.value, tuple) else pred.value}
-    if isinstance(pred, P.AllOf):
-        return {"all": [pred_config(p) for p in pred.parts]}
-    if isinstance(pred, P.AnyOf):
-        return {"any": [pred_config(p) for p in pred.parts]}
-    if isinstance(pred, P.Negate):
-        return {"not": pred_config(pred.part)}
-    return {"always": pred.value}
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
 class _Lowering:
@@ -67,13 +39,12 @@ class _Lowering:
         self.plan = plan
         self.steps: dict[str, StepSpec] = {}
 
-    def add(self, spec: StepSpec) -> str:
-        self.steps.setdefault(spec.name, spec)
-        return spec.name
-
-    @staticmethod
-    def origin(o: P.Origin) -> str:
-        return str(o)
+    def add(self, name: str, kind: str, config: object, deps: dict[str, str] | None = None,
+            files: dict[str, FileInput] | None = None, origin: P.Origin | None = None) -> str:
+        # No source positions in configurations: moving a line must not change a step's key.
+        self.steps.setdefault(name, StepSpec(name, kind, encode(config), deps or {}, files or {},
+                                             str(origin) if origin else ""))
+        return name
 
     # --- one function per kind ---------------------------------------------------------------
 
@@ -87,52 +58,44 @@ class _Lowering:
                 if src.meta == "sidecar":
                     files[f"source{i}_meta"] = FileInput(src.meta_arg, is_glob=False)
             else:
-                files[f"source{i}"] = FileInput(_expand(src.projects).rstrip("/") + "/**/*.jsonl")
-                files[f"source{i}_beads"] = FileInput(_expand(src.beads), is_glob=False)
+                files[f"source{i}"] = FileInput(os.path.expanduser(src.projects).rstrip("/") + "/**/*.jsonl")
+                files[f"source{i}_beads"] = FileInput(os.path.expanduser(src.beads), is_glob=False)
                 if src.outcomes:
                     files[f"source{i}_outcomes"] = FileInput(src.outcomes, is_glob=False)
-            sources.append({**to_config(src), "input": f"source{i}"})
-        config = {k: v for k, v in to_config(c).items() if k not in ("type", "name")}
-        config.update(name=name, sources=sources)
-        return self.add(StepSpec(f"corpus.{name}", "corpus", config, {}, files, self.origin(c.origin)))
+            sources.append(replace(src, input=f"source{i}"))
+        config = CorpusConfig(
+            name=name, sources=tuple(sources), where=c.where, scrub=c.scrub, dedup=c.dedup,
+            dedup_threshold=c.dedup_threshold, holdout=c.holdout, max_len=c.max_len,
+            truncation=c.truncation, min_turns=c.min_turns, max_turns=c.max_turns,
+            max_repeats=c.max_repeats, on_error=c.on_error, max_dropped=c.max_dropped)
+        return self.add(f"corpus.{name}", "corpus", config, {}, files, c.origin)
 
     def model(self, name: str) -> str:
         m = self.plan.models[name]
         deps, files = {}, {}
         if isinstance(m.tokenizer, P.TrainedTokenizer):
-            corpus_step = self.corpus(m.tokenizer.corpus)
-            deps["tokenizer"] = self.add(StepSpec(
+            deps["tokenizer"] = self.add(
                 f"tokenizer.{name}", "tokenizer",
-                {"vocab": m.tokenizer.vocab, "template": to_config(m.template), "corpus": m.tokenizer.corpus},
-                {"corpus": corpus_step}, {}, self.origin(m.origin)))
+                TokenizerConfig(vocab=m.tokenizer.vocab, template=m.template, corpus=m.tokenizer.corpus),
+                {"corpus": self.corpus(m.tokenizer.corpus)}, {}, m.origin)
         if isinstance(m.source, P.PathSource):
             files["weights"] = FileInput(m.source.dir, is_glob=False)
         if isinstance(m.tokenizer, P.PathSource):
             files["tokenizer"] = FileInput(m.tokenizer.dir, is_glob=False)
         if isinstance(m.template, P.FileTemplate):
             files["template"] = FileInput(m.template.path, is_glob=False)
-        config = {"name": name, "source": to_config(m.source), "tokenizer": to_config(m.tokenizer),
-                  "template": to_config(m.template), "dtype": m.dtype}
-        return self.add(StepSpec(f"model.{name}", "model", config, deps, files, self.origin(m.origin)))
-
-    def root_model(self, name: str) -> str:
-        seen = set()
-        while name in self.plan.stages and name not in seen:
-            seen.add(name)
-            name = self.plan.stages[name].model
-        return name
+        config = ModelConfig(name=name, source=m.source, tokenizer=m.tokenizer, template=m.template,
+                             dtype=m.dtype)
+        return self.add(f"model.{name}", "model", config, deps, files, m.origin)
 
     def tokenize(self, corpus: str, model: str, pack_to: int | None = None) -> str:
         """One tokenized corpus per model tokenizer; a packed variant is its own artifact."""
         c = self.plan.corpora[corpus]
-        config = {"corpus": corpus, "model": model, "max_len": c.max_len, "truncation": c.truncation}
-        name = f"tokenize.{corpus}.{model}"
-        if pack_to is not None:
-            config["pack_to"] = pack_to
-            name += ".packed"
-        return self.add(StepSpec(name, "tokenize", config,
-                                 {"corpus": self.corpus(corpus), "model": self.model(model)}, {},
-                                 self.origin(c.origin)))
+        name = f"tokenize.{corpus}.{model}" + (".packed" if pack_to is not None else "")
+        config = TokenizeConfig(corpus=corpus, model=model, max_len=c.max_len, truncation=c.truncation,
+                                pack_to=pack_to)
+        return self.add(name, "tokenize", config, {"corpus": self.corpus(corpus), "model": self.model(model)},
+                        {}, c.origin)
 
     def pairs(self, name: str) -> str:
         p = self.plan.pairs[name]
@@ -141,13 +104,12 @@ class _Lowering:
             deps["corpus"] = self.corpus(p.data.name)
         if p.source is not None:
             files["source"] = FileInput(p.source.glob)
-        config = {k: v for k, v in to_config(p).items() if k not in ("type",)}
-        return self.add(StepSpec(f"pairs.{name}", "pairs", config, deps, files, self.origin(p.origin)))
-
-    def data(self, view: P.DataView, model: str, pack_to: int | None = None) -> str:
-        if view.kind == "pairs":
-            return self.pairs(view.name)
-        return self.tokenize(view.name, model, pack_to)
+        # Pairs must come out of it, unless every stage trained on it takes labeled sessions.
+        takes = {METHODS[s.method].data.name for s in self.plan.stages.values()
+                 if s.data.kind == "pairs" and s.data.name == name}
+        config = PairsConfig(name=name, data=p.data, source=p.source, chosen=p.chosen, rejected=p.rejected,
+                             match=p.match, require=LABELED.name if takes == {LABELED.name} else PAIRS.name)
+        return self.add(f"pairs.{name}", "pairs", config, deps, files, p.origin)
 
     def stage(self, name: str) -> str:
         if f"train.{name}" in self.steps:
@@ -163,31 +125,33 @@ class _Lowering:
         for earlier in reversed(chain[1:]):
             self.stage(earlier)
         start = self.stage(s.model) if s.model in self.plan.stages else self.model(s.model)
-        root = self.root_model(name)
-        pack_to = None
-        if s.get("packing"):
-            pack_to = s.get("max_len") or self.plan.corpora[s.data.name].max_len or 2048
-        deps = {"model": start, "data": self.data(s.data, root, pack_to)}
+        method = METHODS[s.method]
+        if s.data.kind == "pairs":
+            data = self.pairs(s.data.name)
+        else:
+            pack_to = None
+            if method.packs(s.options):
+                pack_to = s.settings.max_len or self.plan.corpora[s.data.name].max_len or 2048
+            data = self.tokenize(s.data.name, s.base_model, pack_to)
+        deps = {"model": start, "data": data}
         for i, need in enumerate(s.needs):
             deps[f"needs{i}"] = self.block(need)
-        config = {"name": name, "method": s.method, "data": to_config(s.data),
-                  "adapter": to_config(s.adapter) if s.adapter else {"type": "full"},
-                  "base_model": root, **dict(s.hyper)}
-        return self.add(StepSpec(f"train.{name}", "train", config, deps, {}, self.origin(s.origin)))
+        config = TrainConfig(**vars(s.settings), name=name, method=s.method, data=s.data,
+                             adapter=s.adapter or Full(), base_model=s.base_model, options=s.options)
+        return self.add(f"train.{name}", "train", config, deps, {}, s.origin)
 
     def assemble(self, name: str) -> str:
         a = self.plan.assembles[name]
-        config = {"name": name, "merge": a.merge, "dtype": a.dtype, "shard_size": a.shard_size,
-                  "stage": a.stage, "base_model": self.root_model(a.stage)}
-        return self.add(StepSpec(f"assemble.{name}", "assemble", config,
-                                 {"stage": self.stage(a.stage)}, {}, self.origin(a.origin)))
+        config = AssembleConfig(name=name, merge=a.merge, dtype=a.dtype, shard_size=a.shard_size,
+                                stage=a.stage, base_model=a.base_model)
+        return self.add(f"assemble.{name}", "assemble", config, {"stage": self.stage(a.stage)}, {}, a.origin)
 
-    def gguf(self, export: str, quant: str) -> str:
-        e = self.plan.exports[export]
+    def export(self, name: str, quant: str) -> str:
+        """One step per quant, of the export format's kind: `gguf.E.Q`."""
+        e = self.plan.exports[name]
         src = self.assemble(e.source) if e.source in self.plan.assembles else self.model(e.source)
-        return self.add(StepSpec(f"gguf.{export}.{quant}", "gguf",
-                                 {"export": export, "quant": quant, "format": e.format},
-                                 {"model": src}, {}, self.origin(e.origin)))
+        return self.add(f"{e.format}.{name}.{quant}", e.format,
+                        ExportConfig(export=name, quant=quant, format=e.format), {"model": src}, {}, e.origin)
 
     def target(self, t: P.TargetRef) -> str:
         if t.kind == "model":
@@ -196,18 +160,18 @@ class _Lowering:
             return self.stage(t.name)
         if t.kind == "assemble":
             return self.assemble(t.name)
-        return self.gguf(t.name, t.quant)
+        assert t.quant is not None
+        return self.export(t.name, t.quant)
 
     def target_model(self, t: P.TargetRef) -> str:
         """The base model whose tokenizer the target uses."""
         if t.kind == "model":
             return t.name
         if t.kind == "stage":
-            return self.root_model(t.name)
+            return self.plan.stages[t.name].base_model
         if t.kind == "assemble":
-            return self.root_model(self.plan.assembles[t.name].stage)
-        src = self.plan.exports[t.name].source
-        return src if src in self.plan.models else self.root_model(self.plan.assembles[src].stage)
+            return self.plan.assembles[t.name].base_model
+        return self.plan.exports[t.name].base_model
 
     def eval(self, name: str) -> str:
         v = self.plan.evals[name]
@@ -215,7 +179,7 @@ class _Lowering:
         files: dict[str, FileInput] = {}
         names: dict[str, str] = {}
 
-        def metric(m: P.MetricExpr) -> object:
+        def metric(m: P.MetricExpr) -> dict[str, Any]:
             if isinstance(m, P.Const):
                 return {"const": m.value}
             if isinstance(m, P.Arith):
@@ -233,21 +197,20 @@ class _Lowering:
                     deps[data_input] = self.tokenize(m.data.name, self.target_model(target))
                 else:
                     deps[data_input] = self.pairs(m.data.name)
-                out.update(data=data_input, split=m.data.split, where=pred_config(m.data.where))
+                out.update(data=data_input, split=m.data.split, where=to_json(m.data.where))
             if m.metric == "prompts":
                 suite = names.setdefault(f"suite:{dict(m.args)['file']}", f"suite{len(names)}")
                 files[suite] = FileInput(_resolve(dict(m.args)["file"], v.origin.file), is_glob=False)
                 out["suite"] = suite
             return out
 
-        # No source positions in configs: moving a line must not change a step's key.
-        gates = [{"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text}
-                 for g in v.gates]
-        metrics = [metric(m) for m in v.metrics]
+        gates = tuple({"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text}
+                      for g in v.gates)
+        metrics = tuple(metric(m) for m in v.metrics)
         for i, need in enumerate(v.needs):
             deps[f"needs{i}"] = self.block(need)
-        config = {"name": name, "on": str(v.on), "gates": gates, "metrics": metrics}
-        return self.add(StepSpec(f"eval.{name}", "eval", config, deps, files, self.origin(v.origin)))
+        config = EvalConfig(name=name, on=str(v.on), gates=gates, metrics=metrics)
+        return self.add(f"eval.{name}", "eval", config, deps, files, v.origin)
 
     def block(self, name: str) -> str:
         for table, fn in ((self.plan.models, self.model), (self.plan.corpora, self.corpus),
@@ -256,7 +219,7 @@ class _Lowering:
             if name in table:
                 return fn(name)
         e = self.plan.exports[name]
-        return [self.gguf(name, q) for q in e.quants][-1]
+        return [self.export(name, q) for q in e.quants][-1]
 
     def run(self) -> Graph:
         # Every eval and export is a goal; stages, assembles, corpora and pairs that nothing
@@ -265,7 +228,7 @@ class _Lowering:
             self.eval(name)
         for name, e in self.plan.exports.items():
             for q in e.quants:
-                self.gguf(name, q)
+                self.export(name, q)
         for name in self.plan.assembles:
             self.assemble(name)
         for name in self.plan.stages:
@@ -286,31 +249,10 @@ def _label(m: P.MetricCall, on: P.TargetRef) -> str:
     return f"{m.metric}({', '.join(args)}) of {m.target or on}"
 
 
-def _expand(path: str) -> str:
-    import os
-
-    return os.path.expanduser(path)
-
-
 def _resolve(path: str, formula_file: str) -> str:
-    import os
-
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(formula_file)),
                                          os.path.expanduser(path)))
 
 
 def lower(plan: P.Plan) -> Graph:
     return _Lowering(plan).run()
-
-
-def step_names(graph: Graph, patterns: Iterable[str]) -> tuple[set[str], list[str]]:
-    """Steps matching names or globs (`train.*`); and the patterns that matched nothing."""
-    import fnmatch
-
-    found, unmatched = set(), []
-    for pat in patterns:
-        hits = {n for n in graph.steps if n == pat or fnmatch.fnmatchcase(n, pat)}
-        if not hits:
-            unmatched.append(pat)
-        found |= hits
-    return found, unmatched

@@ -1,14 +1,24 @@
 """The typed plan: what a formula means, with every reference bound and every value checked.
 
 This is the compiler's IR between checking and lowering. Values are plain Python (str, int,
-float, bool, tuples) or the frozen records below; nothing here points back into the AST except
-`Origin`, which keeps the file position for messages at build time.
+float, bool, tuples), the contract's records (`formula/contract/`) or the frozen records below;
+nothing here points back into the AST except `Origin`, which keeps the file position for
+messages at build time. Records with more than a few fields take keyword arguments only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Union
+
+# Conditions, model and tokenizer sources, templates, transcript sources, adapters and data views
+# are the contract's records: the plan holds them and the lowering hands them to the step
+# configurations as they are.
+from formula.contract.conditions import AllOf, Always, AnyOf, Cmp, Negate, Pred  # noqa: F401
+from formula.contract.steps import (DataView, FileTemplate, GastownSource, HubSource,  # noqa: F401
+                                    InitSource, Lora, ModelSource, NamedTemplate, OwnTokenizer,
+                                    PathSource, StageSettings, Template, TokenizerSource,
+                                    TrainedTokenizer, TranscriptSource)
 
 
 @dataclass(frozen=True)
@@ -21,96 +31,15 @@ class Origin:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-# --- conditions over session metadata ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cmp:
-    field: str
-    op: str  # == != < <= > >= in
-    value: object
-
-
-@dataclass(frozen=True)
-class AllOf:
-    parts: tuple[Pred, ...]
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    parts: tuple[Pred, ...]
-
-
-@dataclass(frozen=True)
-class Negate:
-    part: Pred
-
-
-@dataclass(frozen=True)
-class Always:
-    value: bool
-
-
-Pred = Union[Cmp, AllOf, AnyOf, Negate, Always]
-
-
 # --- models -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HubSource:
-    id: str
-    revision: str
-
-
-@dataclass(frozen=True)
-class PathSource:
-    dir: str  # absolute
-
-
-@dataclass(frozen=True)
-class InitSource:
-    arch: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    context: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class OwnTokenizer:
-    pass
-
-
-@dataclass(frozen=True)
-class TrainedTokenizer:
-    corpus: str
-    vocab: int
-
-
-ModelSource = Union[HubSource, PathSource, InitSource]
-TokenizerSource = Union[OwnTokenizer, TrainedTokenizer, HubSource, PathSource]
-
-
-@dataclass(frozen=True)
-class NamedTemplate:
-    name: str  # chatml, llama3, own
-
-
-@dataclass(frozen=True)
-class FileTemplate:
-    path: str  # absolute
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelPlan:
     name: str
     source: ModelSource
     tokenizer: TokenizerSource
-    template: NamedTemplate | FileTemplate
+    template: Template
     dtype: str
     origin: Origin
 
@@ -118,29 +47,7 @@ class ModelPlan:
 # --- data -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TranscriptSource:
-    glob: str  # absolute pattern
-    format: str
-    meta: str  # transcript, sidecar, pattern
-    meta_arg: str = ""
-    subagents: bool = True
-    branches: str = "final"
-    thinking: str = "drop"
-
-
-@dataclass(frozen=True)
-class GastownSource:
-    projects: str
-    beads: str
-    town: str
-    outcomes: str = ""  # outcome rules file (absolute); "" for the shipped Gas Town rules
-    subagents: bool = True
-    branches: str = "final"
-    thinking: str = "drop"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CorpusPlan:
     name: str
     sources: tuple[TranscriptSource | GastownSource, ...]
@@ -159,17 +66,7 @@ class CorpusPlan:
     origin: Origin
 
 
-@dataclass(frozen=True)
-class DataView:
-    """A split of a corpus, optionally filtered further, or a pairs block."""
-
-    kind: str  # "corpus" or "pairs"
-    name: str
-    split: str = "train"  # train, holdout (corpus only)
-    where: Pred | None = None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PairsPlan:
     name: str
     data: DataView | None
@@ -183,47 +80,37 @@ class PairsPlan:
 # --- training and outputs ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LoraPlan:
-    r: int
-    alpha: float
-    dropout: float
-    targets: tuple[str, ...]
-    bias: str
-    rslora: bool
-    dora: bool
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StagePlan:
     name: str
-    method: str
+    method: str  # a name in formula.methods.METHODS
     model: str  # a model or an earlier stage
+    base_model: str  # the model at the root of the stage chain
     data: DataView
-    adapter: LoraPlan | None  # None: full fine-tuning
-    hyper: tuple[tuple[str, object], ...]  # every other field, resolved, sorted by name
+    adapter: Lora | None  # None: full fine-tuning
+    settings: StageSettings  # the fields every method shares
+    options: object  # the method's own fields: an instance of its Options
     needs: tuple[str, ...]
     origin: Origin
 
-    def get(self, key: str, default: object = None) -> object:
-        return dict(self.hyper).get(key, default)
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AssemblePlan:
     name: str
     stage: str
+    base_model: str  # the model at the root of the stage chain
     merge: bool
     dtype: str
     shard_size: int
     origin: Origin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportPlan:
     name: str
     source: str  # an assemble or a model
-    format: str
+    base_model: str  # the model whose tokenizer its files carry
+    format: str  # a name in formula.formats.FORMATS
     quants: tuple[str, ...]
     origin: Origin
 
@@ -264,7 +151,7 @@ class Arith:
 MetricExpr = Union[MetricCall, Const, Arith]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GatePlan:
     left: MetricExpr
     op: str
@@ -273,7 +160,7 @@ class GatePlan:
     origin: Origin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalPlan:
     name: str
     on: TargetRef

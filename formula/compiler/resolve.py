@@ -16,7 +16,7 @@ from .diagnostics import Diagnostic, Label, did_you_mean, error
 from .parse import PARSE_CODES, parse, undecodable
 from .schema import SCHEMAS
 from .source import Source, Span, decode
-from .types import Str
+from formula.contract.types import Str
 
 # A file's bytes (or text), or None when there is no such file; other OSErrors are reported.
 Reader = Callable[[str], "bytes | str | None"]

@@ -26,7 +26,7 @@ from typing import Callable
 
 from .codehash import code_identity
 from .executor import Executor, Finished, LocalExecutor, Task
-from .graph import FileInput, Graph, StepSpec
+from formula.contract.graph import FileInput, Graph, StepSpec
 from .hashing import Hasher, digest_bytes, glob_base
 from .step import describe_filesystem, describe_os_error, nearly_full
 from .store import Damage, LockHolder, Store, write_json_atomic

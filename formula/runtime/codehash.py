@@ -1,12 +1,17 @@
 """A step's code identity: its whole module, the project modules it imports (followed
 statically, so nothing is imported), the step harness, and the versions of the libraries it
 names in `LIBRARIES`. Editing a helper a step calls changes the step's key.
+
+A package that finds its modules at run time (the training methods, the export formats) says
+so with `DISCOVERED = True` in its `__init__.py`: a step that imports it has every module in its
+folder as code, since any of them may run.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from functools import lru_cache
 
 from .hashing import digest_bytes
@@ -27,10 +32,12 @@ def _module_file(name: str) -> str | None:
 
 @lru_cache(maxsize=None)
 def _parsed(path: str) -> tuple[bytes, tuple[str, ...], tuple[str, ...]]:
-    """Source bytes, imported module names (absolute), and LIBRARIES of one file."""
+    """Source bytes, imported module names (absolute), and LIBRARIES of one file; a package
+    that discovers its modules imports them all."""
     data = open(path, "rb").read()
     tree = ast.parse(data, filename=path)
-    imports, libs = [], []
+    imports: list[str] = []
+    libs: list[str] = []
     package = None
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -49,13 +56,17 @@ def _parsed(path: str) -> tuple[bytes, tuple[str, ...], tuple[str, ...]]:
                 libs.extend(ast.literal_eval(node.value))
             except ValueError:
                 pass
+        elif (isinstance(node, ast.Assign) and os.path.basename(path) == "__init__.py"
+              and any(isinstance(t, ast.Name) and t.id == "DISCOVERED" for t in node.targets)):
+            package = package or _package_of(path)
+            folder = os.path.dirname(path)
+            imports.extend(f"{package}.{f[:-3]}" for f in sorted(os.listdir(folder))
+                           if f.endswith(".py") and f != "__init__.py")
     return data, tuple(imports), tuple(libs)
 
 
 def _package_of(path: str) -> str:
-    # Only needed for relative imports inside the formula package.
-    import os
-
+    # Only needed for relative imports and discovered modules inside the formula package.
     parts = []
     folder = os.path.dirname(os.path.abspath(path))
     while os.path.exists(os.path.join(folder, "__init__.py")):
@@ -97,7 +108,6 @@ def code_identity(module: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 def _version(dist: str) -> str:
     """A distribution's version from its `.dist-info` folder name: what importlib.metadata
     finds, without its import cost on every build."""
-    import os
     import re
     import sys
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from .build import Builder, Keyed
-from .graph import Graph
+from formula.contract.graph import Graph
 from .store import Store
 
 

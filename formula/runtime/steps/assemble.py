@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
+from formula.contract.steps import AssembleConfig, Lora
+from formula.contract.templates import template_hash
 from formula.runtime.step import fail, step_entry
+from formula.runtime.steps import typed
 
 LIBRARIES = ("torch", "transformers", "safetensors")
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
-@dataclass
-class Config:
-    name: str = "model"
-    stage: str = ""
-    base_model: str = ""
-    merge: bool = True
-    dtype: str = "f32"
-    shard_size: int = 5 * 1024**3
+Config = AssembleConfig  # the step's configuration: formula/contract/steps.py
 
 
 def stages_of(lineage: dict | str) -> list[dict]:
@@ -47,7 +42,7 @@ def card(cfg: Config, lineage: dict, metrics: dict) -> str:
         if "stage" not in s:
             continue
         a = s.get("adapter", {})
-        adapter = f"LoRA r={a.get('r')} alpha={a.get('alpha')}" if a.get("type") == "lora_plan" else "full"
+        adapter = f"LoRA r={a.get('r')} alpha={a.get('alpha')}" if a.get("type") == Lora.TAG else "full"
         d = s.get("data") or {}
         data = f"{d.get('kind')} `{d.get('name')}` ({d.get('split')})" + (" filtered" if d.get("where") else "")
         lines.append(f"| {s['stage']} | {s['method']} | {adapter} | {data} |")
@@ -78,8 +73,6 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     metrics = json.loads((stage / "metrics.json").read_text()) if (stage / "metrics.json").exists() else {}
     (output / "lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True))
     (output / "README.md").write_text(card(cfg, lineage, metrics))
-    from formula.runtime.templates import template_hash
-
     saved = output / "chat_template.jinja"
     template = saved.read_text(encoding="utf-8") if saved.is_file() else None
     if template != tok.chat_template:
@@ -89,7 +82,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
                                                      "template_sha256": template_hash(template) if template else None}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

@@ -13,53 +13,23 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
 
 from formula.contract import outcome_rules
+from formula.contract.conditions import describe, matches
+from formula.contract.steps import CorpusConfig, GastownSource, TranscriptSource
 from formula.runtime.corpus import beads, claude_code, gastown, loaders, quality
-from formula.runtime.corpus.predicate import describe, matches
 from formula.runtime.corpus.scrub import Scrubber, ScrubReport
 from formula.runtime.corpus.sessions import LoadError, Session
 from formula.runtime.step import fail, step_entry
+from formula.runtime.steps import typed
 
 LIBRARIES = ("detect-secrets", "datasketch")
 KEEP_META = ("role", "outcome", "bead", "session", "date", "branch", "kind", "parent", "agent", "rig",
              "start", "end", "link", "version")  # never scrubbed
 
 
-@dataclass
-class Source:
-    type: str = "transcript_source"
-    input: str = ""
-    glob: str = ""
-    format: str = "claude_code"
-    meta: str = "transcript"
-    meta_arg: str = ""
-    projects: str = ""
-    beads: str = ""
-    town: str = "~/gt"
-    outcomes: str = ""
-    subagents: bool = True
-    branches: str = "final"
-    thinking: str = "drop"
-
-
-@dataclass
-class Config:
-    name: str = "corpus"
-    sources: list[Source] = field(default_factory=list)
-    where: Any = None
-    scrub: list[str] = field(default_factory=lambda: ["secrets", "pii"])
-    dedup: str = "exact"
-    dedup_threshold: float = 1.0
-    holdout: float = 0.0
-    max_len: Optional[int] = None
-    truncation: str = "end"
-    min_turns: int = 1
-    max_turns: Optional[int] = None
-    max_repeats: int = 3
-    on_error: str = "fail"
-    max_dropped: float = 1.0
+Config = CorpusConfig  # the step's configuration: formula/contract/steps.py
+Source = TranscriptSource | GastownSource
 
 
 @dataclass
@@ -77,7 +47,7 @@ def _options(src: Source) -> claude_code.Options:
     return claude_code.Options(subagents=src.subagents, branches=src.branches, thinking=src.thinking)
 
 
-def load_gastown(src: Source, inputs: dict[str, Path], files: list[str], loaded: Loaded, on_error: str,
+def load_gastown(src: GastownSource, inputs: dict[str, Path], files: list[str], loaded: Loaded, on_error: str,
                  name: str) -> list[Session]:
     """A Claude Code projects folder: roles and agents from each session's cwd, outcomes from beads."""
     beads_path = str(inputs.get(f"{src.input}_beads", src.beads))
@@ -114,11 +84,12 @@ def load_gastown(src: Source, inputs: dict[str, Path], files: list[str], loaded:
 def load(cfg: Config, inputs: dict[str, Path], loaded: Loaded | None = None) -> Loaded:
     loaded = loaded or Loaded()
     for src in cfg.sources:
-        pattern = str(inputs.get(src.input, src.glob))
+        default = src.glob if isinstance(src, TranscriptSource) else src.projects.rstrip("/") + "/**/*.jsonl"
+        pattern = str(inputs.get(src.input, default))
         files = loaders.files_of(pattern)
         if not files:
             fail(f"corpus `{cfg.name}`: no files match {pattern}")
-        if src.type == "gastown_source":
+        if isinstance(src, GastownSource):
             found = load_gastown(src, inputs, files, loaded, cfg.on_error, cfg.name)
         elif src.format == "pairs":
             fail(f"corpus `{cfg.name}`: pairs files belong in a `pairs` block")
@@ -126,11 +97,11 @@ def load(cfg: Config, inputs: dict[str, Path], loaded: Loaded | None = None) -> 
             found = claude_code.load(files, cfg.on_error, loaded.skipped, _options(src), loaded.claude)
         else:
             found = [s for f in files for s in loaders.LOADERS[src.format](f, cfg.on_error, loaded.skipped)]
-        if src.meta == "sidecar":
+        if isinstance(src, TranscriptSource) and src.meta == "sidecar":
             side = loaders.sidecar_meta(src.meta_arg)
             for s in found:
                 s.meta.update({k: v for k, v in side.get(s.id, {}).items() if k not in ("session", "id")})
-        elif src.meta == "pattern":
+        elif isinstance(src, TranscriptSource) and src.meta == "pattern":
             for s in found:
                 loaders.apply_meta_pattern(s, src.meta_arg)
         loaded.per_source.append({"source": src.input, "files": len(files), "sessions": len(found)})
@@ -287,7 +258,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         "skipped_lines": len(corpus.loaded.skipped.items)}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """The eval step: metrics on built models and the gates a formula puts on them.
 
-A model folder (safetensors) is measured with transformers; a GGUF with llama.cpp, generating
-through the chat template embedded in the file, as it will be served. Both measure the same
+A model folder (safetensors) is measured with transformers; an exported file the way its
+format's runtime module says (a GGUF with llama.cpp, generating through the chat template
+embedded in the file, as it will be served: `formula/runtime/formats/gguf.py`). Both measure the same
 token ids (the tokenize step's), so their perplexities compare. Failed gates do not fail the
 step: its report is an artifact like any other and is cached; the build reads `checks.json` and
 exits non-zero while any gate fails, naming it and by how much.
@@ -13,11 +14,16 @@ import json
 import math
 import operator
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from formula.contract.conditions import from_json, matches
+from formula.contract.steps import EvalConfig
+from formula.contract.templates import template_hash
+from formula.formats import FORMATS
+from formula.runtime import formats as runtime_formats
 from formula.runtime.step import fail, step_entry
+from formula.runtime.steps import typed
 
 LIBRARIES = ("torch", "transformers", "llama_cpp_python", "datasets", "jsonschema", "numpy")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -25,12 +31,7 @@ OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 MAX_GENERATIONS = 256  # prompts per generating metric: enough for a rate, bounded in time
 
 
-@dataclass
-class Config:
-    name: str = "eval"
-    on: str = ""
-    gates: list[Any] = field(default_factory=list)
-    metrics: list[Any] = field(default_factory=list)
+Config = EvalConfig  # the step's configuration: formula/contract/steps.py
 
 
 class HFModel:
@@ -72,56 +73,24 @@ class HFModel:
         pass
 
 
-class GGUFModel:
-    """A GGUF in llama.cpp: f32 KV cache, the file's own chat template."""
-
-    def __init__(self, path: Path):
-        from formula.runtime.export.llama import open_gguf
-
-        self._cm = open_gguf(path, n_ctx=0, logits_all=True)
-        self.llm = self._cm.__enter__()
-        self.context = self.llm.n_ctx()
-
-    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
-        import numpy as np
-
-        from formula.runtime.export.llama import logits
-
-        ids, labels = ids[: self.context], labels[: self.context]
-        x = logits(self.llm, ids)[:-1].astype(np.float64)
-        target = np.asarray(labels[1:])
-        keep = target != -100
-        x = x[keep]
-        logz = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
-        return float((logz - x[np.arange(len(x)), target[keep]]).sum()), int(keep.sum())
-
-    def chat(self, messages: list[dict], max_new_tokens: int) -> tuple[str, bool]:
-        self.llm.reset()
-        r = self.llm.create_chat_completion(messages=messages, max_tokens=max_new_tokens,
-                                            temperature=0.0, seed=0)
-        choice = r["choices"][0]
-        return choice["message"]["content"] or "", choice["finish_reason"] == "stop"
-
-    def close(self) -> None:
-        self._cm.__exit__(None, None, None)
-
-
 def open_model(path: Path):
-    if (path / "model.gguf").is_file():
-        return GGUFModel(path / "model.gguf")
+    """A model folder, or an export format's file (measured the way its runtime module says)."""
+    for fmt in FORMATS.values():
+        if (path / fmt.file).is_file():
+            return runtime_formats.module(fmt.name).open_model(path / fmt.file)
     if (path / "config.json").is_file():
         return HFModel(path)
-    fail(f"{path} holds neither a model folder nor a GGUF")
+    fail(f"{path} holds neither a model folder nor an exported model "
+         f"({', '.join(f.file for f in FORMATS.values())})")
 
 
 def rows(data: Path, split: str, where: dict | None) -> list[dict]:
     import datasets
 
-    from formula.runtime.corpus.predicate import matches
-
     datasets.disable_caching()  # the data folder is a stored input: nothing may be written into it
     ds = datasets.load_from_disk(str(data / split))
-    return [r for r in ds if matches(where, {"role": r.get("role") or None,
+    condition = from_json(where)
+    return [r for r in ds if matches(condition, {"role": r.get("role") or None,
                                               "outcome": r.get("outcome") or None,
                                               "bead": r.get("bead") or None})]
 
@@ -288,11 +257,10 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
 
 
 def template_of(path: Path) -> str | None:
-    """The sha256 of the chat template the measured model carries (GGUF or folder)."""
-    from formula.runtime.templates import template_hash
-
-    if (path / "gguf.json").is_file():
-        return json.loads((path / "gguf.json").read_text()).get("template_sha256")
+    """The sha256 of the chat template the measured model carries (an exported file's, as its
+    step recorded it, or a model folder's)."""
+    if any((path / f.file).is_file() for f in FORMATS.values()):
+        return json.loads((path / "metrics.json").read_text()).get("template_sha256")
     jinja = path / "chat_template.jinja"
     return template_hash(jinja.read_text(encoding="utf-8")) if jinja.is_file() else None
 
@@ -307,7 +275,7 @@ def report(cfg: Config, gates: list[dict], measured: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

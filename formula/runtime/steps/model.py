@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from formula.contract.steps import (FileTemplate, HubSource, InitSource, ModelConfig, NamedTemplate,
+                                    PathSource, TrainedTokenizer)
+from formula.contract.templates import NAMED, template_hash
 from formula.runtime.step import fail, step_entry
-from formula.runtime.templates import NAMED, template_hash
+from formula.runtime.steps import typed
 
 LIBRARIES = ("torch", "transformers", "safetensors")
 
@@ -18,25 +19,17 @@ ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", 
          "mistral": ("MistralConfig", "MistralForCausalLM")}
 
 
-@dataclass
-class Config:
-    name: str = "model"
-    source: Any = None
-    tokenizer: Any = None
-    template: Any = None
-    dtype: str = "auto"
+Config = ModelConfig  # the step's configuration: formula/contract/steps.py
 
 
 def load_tokenizer(cfg: Config, inputs: dict[str, Path], weights: Path | None):
     from transformers import AutoTokenizer
 
-    kind = cfg.tokenizer["type"]
-    if kind == "trained_tokenizer":
+    t = cfg.tokenizer
+    if isinstance(t, (TrainedTokenizer, PathSource)):
         return AutoTokenizer.from_pretrained(inputs["tokenizer"])
-    if kind == "path_source":
-        return AutoTokenizer.from_pretrained(inputs["tokenizer"])
-    if kind == "hub_source":
-        return AutoTokenizer.from_pretrained(cfg.tokenizer["id"], revision=cfg.tokenizer["revision"])
+    if isinstance(t, HubSource):
+        return AutoTokenizer.from_pretrained(t.id, revision=t.revision)
     if weights is None:
         fail(f"model `{cfg.name}` has no tokenizer of its own")
     return AutoTokenizer.from_pretrained(weights)
@@ -44,13 +37,14 @@ def load_tokenizer(cfg: Config, inputs: dict[str, Path], weights: Path | None):
 
 def chat_template(cfg: Config, inputs: dict[str, Path], tok) -> str:
     t = cfg.template
-    if t["type"] == "file_template":
+    if isinstance(t, FileTemplate):
         return Path(inputs["template"]).read_text(encoding="utf-8")
-    if t["name"] == "own":
+    assert isinstance(t, NamedTemplate)
+    if t.name == "own":
         if not getattr(tok, "chat_template", None):
             fail(f"model `{cfg.name}` has no chat template of its own; name one (`template = chatml`)")
         return tok.chat_template
-    return NAMED[t["name"]]
+    return NAMED[t.name]
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
@@ -58,18 +52,18 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     import transformers
 
     src = cfg.source
-    if src["type"] == "init_source":
+    if isinstance(src, InitSource):
         tok = load_tokenizer(cfg, inputs, None)
-        config_cls, model_cls = (getattr(transformers, n) for n in ARCHS[src["arch"]])
-        config = config_cls(vocab_size=len(tok), hidden_size=src["hidden"], intermediate_size=src["ffn"],
-                            num_hidden_layers=src["layers"], num_attention_heads=src["heads"],
-                            num_key_value_heads=src["kv_heads"], max_position_embeddings=src["context"],
+        config_cls, model_cls = (getattr(transformers, n) for n in ARCHS[src.arch])
+        config = config_cls(vocab_size=len(tok), hidden_size=src.hidden, intermediate_size=src.ffn,
+                            num_hidden_layers=src.layers, num_attention_heads=src.heads,
+                            num_key_value_heads=src.kv_heads, max_position_embeddings=src.context,
                             tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-        torch.manual_seed(src["seed"])
+        torch.manual_seed(src.seed)
         model = model_cls(config)
         model.save_pretrained(output, safe_serialization=True)
-    elif src["type"] == "path_source":
+    elif isinstance(src, PathSource):
         weights = Path(inputs["weights"])
         if not (weights / "config.json").is_file():
             fail(f"model `{cfg.name}`: {weights} has no config.json; is it a Hugging Face model folder?")
@@ -78,10 +72,11 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     else:
         from huggingface_hub import snapshot_download
 
+        assert isinstance(src, HubSource)
         try:
-            folder = snapshot_download(src["id"], revision=src["revision"])
+            folder = snapshot_download(src.id, revision=src.revision)
         except Exception as exc:  # network, auth or a missing repository: the user's to fix
-            fail(f"model `{cfg.name}`: cannot fetch {src['id']}@{src['revision']} from the hub: {exc}")
+            fail(f"model `{cfg.name}`: cannot fetch {src.id}@{src.revision} from the hub: {exc}")
         shutil.copytree(folder, output, dirs_exist_ok=True)
         tok = load_tokenizer(cfg, inputs, Path(folder))
     template = chat_template(cfg, inputs, tok)
@@ -94,7 +89,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
                                                      "vocab": len(tok)}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

@@ -17,27 +17,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
 
+from formula.contract.conditions import describe, matches
+from formula.contract.steps import PairsConfig
 from formula.runtime.corpus import loaders
 from formula.runtime.corpus.beads import parse_time
-from formula.runtime.corpus.predicate import describe, matches
 from formula.runtime.corpus.sessions import LoadError
 from formula.runtime.step import fail, step_entry
+from formula.runtime.steps import typed
 
 
-@dataclass
-class Config:
-    name: str = "pairs"
-    data: Any = None       # {"kind": "corpus", "name", "split", "where"}
-    source: Any = None     # given pairs: a transcript source with format = pairs
-    chosen: Any = None
-    rejected: Any = None
-    match: str = "bead"
-    type: str = "pairs_plan"
+Config = PairsConfig  # the step's configuration: formula/contract/steps.py
 
 
 def _read(path: Path) -> list[dict]:
@@ -164,13 +156,16 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         labeled = labeled_from_pairs(pairs)
     else:
         corpus = inputs["corpus"]
-        split = (cfg.data or {}).get("split", "train")
+        split = cfg.data.split if cfg.data else "train"
         sessions = _read(corpus / f"{split}.jsonl") + _read(corpus / "dropped.jsonl")
-        where = (cfg.data or {}).get("where")
+        where = cfg.data.where if cfg.data else None
         sessions = [s for s in sessions if matches(where, s["meta"])]
         pairs, counts = build_pairs(sessions, cfg)
         labeled = build_labeled(sessions, cfg)
-    if not pairs:
+    if cfg.require == "labeled" and not labeled:
+        fail(f"pairs `{cfg.name}` labels no session: {counts}; chosen = {describe(cfg.chosen)}, "
+             f"rejected = {describe(cfg.rejected)}. Check that the conditions match sessions")
+    if cfg.require != "labeled" and not pairs:
         fail(f"pairs `{cfg.name}` is empty: {counts}; chosen = {describe(cfg.chosen)}, rejected = "
              f"{describe(cfg.rejected)}, matched by {cfg.match}. Check that both sides occur and "
              f"share a {cfg.match}" + (" (a rejected session is paired with a chosen one that did "
@@ -185,7 +180,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         "undesirable": len(labeled) - desirable, **counts}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

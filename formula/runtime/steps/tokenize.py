@@ -12,28 +12,19 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
+from formula.contract.steps import TokenizeConfig
+from formula.contract.templates import TokenizerFacts, analyse, problems, template_hash
 from formula.runtime.step import fail, step_entry
-from formula.runtime.templates import template_hash
+from formula.runtime.steps import typed
 
 LIBRARIES = ("tokenizers", "transformers", "datasets", "pyarrow")
 BATCH = 256
 IGNORE = -100
 
 
-@dataclass
-class Config:
-    corpus: str = ""
-    model: str = ""
-    max_len: Optional[int] = None
-    truncation: str = "end"      # end: keep the first max_len tokens; drop: drop the session
-    pack_to: Optional[int] = None  # pack examples into rows of at most this many tokens
-    workers: int = 0             # 0: one per core
-
-
+Config = TokenizeConfig  # the step's configuration: formula/contract/steps.py
 _TOKENIZER = None
 
 
@@ -144,13 +135,11 @@ def _arrow(examples: list[dict]):
 def template_problems(cfg: Config, tok) -> None:
     """The checks `formula check` makes when the model is local, made here for every model
     (a hub model's tokenizer is known only now), before anything trains on this data."""
-    from formula.compiler import chat_template
-
     if not tok.chat_template:
         fail(f"model `{cfg.model}` has no chat template; name one in the formula (`template = chatml`)")
-    facts = chat_template.TokenizerFacts(f"model `{cfg.model}`", frozenset(tok.get_added_vocab()),
-                                         tok.eos_token, tok.chat_template)
-    found = chat_template.problems(chat_template.analyse(tok.chat_template), facts, needs_masking=True)
+    facts = TokenizerFacts(f"model `{cfg.model}`", frozenset(tok.get_added_vocab()), tok.eos_token,
+                           tok.chat_template)
+    found = problems(analyse(tok.chat_template), facts, needs_masking=True)
     if found:
         fail("; ".join(f"{message} ({help_})" for _, message, help_ in found))
 
@@ -198,7 +187,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         "truncated_train": stats["train"]["truncated"], "template_sha256": stats["template_sha256"]}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

@@ -5,21 +5,17 @@ by `init`. Built with the `tokenizers` library and wrapped in `PreTrainedTokeniz
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from formula.contract.steps import NamedTemplate, TokenizerConfig
+from formula.contract.templates import NAMED, SPECIAL
 from formula.runtime.step import fail, step_entry
-from formula.runtime.templates import NAMED, SPECIAL
+from formula.runtime.steps import typed
 
 LIBRARIES = ("tokenizers", "transformers")
 
 
-@dataclass
-class Config:
-    vocab: int = 512
-    corpus: str = ""
-    template: Any = field(default_factory=lambda: {"type": "named_template", "name": "chatml"})
+Config = TokenizerConfig  # the step's configuration: formula/contract/steps.py
 
 
 def texts(corpus: Path, template: str):
@@ -40,8 +36,8 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    name = cfg.template.get("name") if cfg.template.get("type") == "named_template" else None
-    if name not in NAMED:
+    name = cfg.template.name if isinstance(cfg.template, NamedTemplate) else None
+    if name is None or name not in NAMED:
         fail("a tokenizer trained by formula needs a named template (chatml or llama3) "
              "so it knows its special tokens")
     specials, eos, pad = SPECIAL[name]
@@ -61,7 +57,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     (output / "metrics.json").write_text(json.dumps({"vocab": len(fast)}))
 
 
-main = step_entry(Config, run)
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

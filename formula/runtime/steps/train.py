@@ -1,4 +1,6 @@
-"""The train step: one SFT or DPO stage with trl, full weights or a peft LoRA adapter.
+"""The train step: one stage of a training method (`formula/methods/`: SFT, DPO, ...) with trl, full
+weights or a peft LoRA adapter. The method reads the data and builds the trainer; this step loads
+the model, checks the template, resumes, saves and records.
 
 The output is a standalone model folder (for LoRA: the adapter in `adapter/` and the weights with
 it merged, so a later stage or `assemble` starts from one folder), with `metrics.jsonl` (loss,
@@ -23,42 +25,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from formula.runtime.corpus.predicate import matches
+from formula.contract.config import decode, encode
+from formula.contract.steps import Lora, TrainConfig
+from formula.methods import METHODS, Method
 from formula.runtime.step import fail, run_facts, step_entry
 
 PROCESS_START = time.time()
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors")
 
 
-@dataclass
-class Config:
-    name: str = "stage"
-    method: str = "sft"
-    data: Any = None
-    adapter: Any = field(default_factory=lambda: {"type": "full"})
-    base_model: str = ""
-    epochs: float = 1.0
-    max_steps: Optional[int] = None
-    lr: float = 1e-4
-    batch: int = 8
-    accumulate: int = 1
-    seed: int = 0
-    warmup: float = 0.0
-    scheduler: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_len: Optional[int] = None
-    packing: bool = False
-    assistant_only: bool = True
-    beta: float = 0.1
-    loss: str = "sigmoid"
-    save_every: int = 50
-    log_every: int = 5
-    processes: int = 1
-    device: str = "auto"
-    precision: str = "auto"
+Config = TrainConfig  # the step's configuration: formula/contract/steps.py
 
 
 def rank() -> int:
@@ -84,7 +62,7 @@ def load_model(path: Path):
 def check_template(cfg: Config, tok, data: Path) -> str | None:
     """The data was tokenized with one chat template; the model trained on it must carry the
     same one, or it will be served with a template it never saw."""
-    from formula.runtime.templates import template_hash
+    from formula.contract.templates import template_hash
 
     ours = template_hash(tok.chat_template) if tok.chat_template else None
     stats = data / "stats.json"
@@ -101,42 +79,17 @@ def lora_config(cfg: Config, model):
     from peft import LoraConfig
 
     a = cfg.adapter
+    assert isinstance(a, Lora)
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                      if type(m).__name__ in ("Linear", "Conv1D") and "." in n})
-    targets = list(a["targets"])
+    targets = list(a.targets)
     missing = [t for t in targets if t not in linear and t != "all-linear"]
     if missing and len(missing) == len(targets):
         fail(f"stage `{cfg.name}`: LoRA targets {missing} match no module of the model; "
              f"its linear modules are {linear}")
-    return LoraConfig(r=a["r"], lora_alpha=a["alpha"], lora_dropout=a["dropout"], target_modules=targets,
-                      bias=a["bias"], use_rslora=a["rslora"], use_dora=a["dora"], task_type="CAUSAL_LM")
-
-
-def sft_data(cfg: Config, data_dir: Path):
-    import datasets
-
-    split = cfg.data.get("split", "train")
-    datasets.disable_caching()  # the data folder is a stored input: nothing may be written into it
-    ds = datasets.load_from_disk(str(data_dir / split))
-    where = cfg.data.get("where")
-    if where is not None:
-        ds = ds.filter(lambda row: matches(where, {k: row[k] for k in ("role", "outcome", "bead")}))
-    if len(ds) == 0:
-        fail(f"stage `{cfg.name}`: no training example is left after the data's filter")
-    keep = {"input_ids", "labels", "seq_lengths"}
-    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
-    if not cfg.assistant_only:
-        ds = ds.map(lambda row: {"labels": row["input_ids"]})
-    return ds
-
-
-def dpo_data(cfg: Config, data_dir: Path):
-    import datasets
-
-    rows = [json.loads(line) for line in (data_dir / "pairs.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        fail(f"stage `{cfg.name}`: the preference pairs are empty")
-    return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    return LoraConfig(r=a.r, lora_alpha=a.alpha if a.alpha is not None else 2 * a.r, lora_dropout=a.dropout,
+                      target_modules=targets, bias=a.bias, use_rslora=a.rslora, use_dora=a.dora,
+                      task_type="CAUSAL_LM")
 
 
 LOSS_SUM = "formula_loss.json"  # beside each checkpoint: the loss summed over the run so far
@@ -264,22 +217,52 @@ class PlotHelper:
             self.proc.wait()
 
 
-def trainer_args(cfg: Config, work: Path, cls, cuda: bool, bf16: bool):
-    kw = dict(output_dir=str(work / "checkpoints"), num_train_epochs=cfg.epochs,
-              max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch,
-              gradient_accumulation_steps=cfg.accumulate, seed=cfg.seed, data_seed=cfg.seed,
-              warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
-              max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, logging_first_step=True,
-              save_strategy="steps",
-              save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
-              bf16=bf16, dataloader_num_workers=0, include_num_input_tokens_seen="all",
-              ddp_backend=("gloo" if not cuda and "WORLD_SIZE" in os.environ else None),
-              disable_tqdm=False, max_length=cfg.max_len)
-    if cfg.method == "dpo":
-        kw.update(beta=cfg.beta, loss_type=[cfg.loss])
-    else:
-        kw.update(padding_free=cfg.packing, dataset_num_proc=None)
-    return cls(**kw)
+@dataclass
+class Run:
+    """What a method is handed to read its data and build its trainer (`formula.methods.TrainRun`)."""
+
+    config: TrainConfig
+    options: Any
+    data_dir: Path
+    work: Path
+    cuda: bool
+    bf16: bool
+    model: Any = None
+    tokenizer: Any = None
+    peft_config: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+
+    def args(self, config_class: type, **method_args: Any) -> Any:
+        """trl's config for the trainer: the stage's shared settings, and the method's own."""
+        cfg, work, cuda = self.config, self.work, self.cuda
+        kw = dict(output_dir=str(work / "checkpoints"), num_train_epochs=cfg.epochs,
+                  max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch,
+                  gradient_accumulation_steps=cfg.accumulate, seed=cfg.seed, data_seed=cfg.seed,
+                  warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
+                  max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, logging_first_step=True,
+                  save_strategy="steps",
+                  save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
+                  bf16=self.bf16, dataloader_num_workers=0, include_num_input_tokens_seen="all",
+                  ddp_backend=("gloo" if not cuda and "WORLD_SIZE" in os.environ else None),
+                  disable_tqdm=False, max_length=cfg.max_len)
+        return config_class(**{**kw, **method_args})
+
+    def fail(self, message: str) -> None:
+        fail(message)
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        path = self.data_dir / name
+        if not path.is_file():
+            fail(f"stage `{self.config.name}`: its data has no {name} (built by an older formula? "
+                 "rebuild the data step)")
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def method_of(cfg: TrainConfig) -> tuple[Method, Any]:
+    method = METHODS.get(cfg.method)
+    if method is None:
+        fail(f"stage `{cfg.name}`: no training method is called {cfg.method!r} (known: {', '.join(METHODS)})")
+    return method, cfg.options if cfg.options is not None else method.Options()
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
@@ -295,7 +278,6 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
 
 def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, plotter) -> None:
     import torch
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     if cfg.device == "cuda" and not cuda:
@@ -303,8 +285,11 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     bf16 = cuda and torch.cuda.is_bf16_supported() and cfg.precision in ("auto", "bf16")
     model, tok = load_model(Path(inputs["model"]))
     template_sha = check_template(cfg, tok, Path(inputs["data"]))
-    peft_config = lora_config(cfg, model) if cfg.adapter.get("type") == "lora_plan" else None
-    data = dpo_data(cfg, Path(inputs["data"])) if cfg.method == "dpo" else sft_data(cfg, Path(inputs["data"]))
+    method, options = method_of(cfg)
+    stage = Run(cfg, options, Path(inputs["data"]), work, cuda, bf16, model=model, tokenizer=tok,
+                peft_config=lora_config(cfg, model) if isinstance(cfg.adapter, Lora) else None)
+    peft_config = stage.peft_config
+    data = method.dataset(stage)
     log = MetricsLog(work / "metrics.jsonl")
     checkpoints = work / "checkpoints"
     if rank() == 0:
@@ -316,14 +301,8 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     if resume:
         log.resume_from(max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])))
-    if cfg.method == "dpo":
-        trainer = DPOTrainer(model=model, args=trainer_args(cfg, work, DPOConfig, cuda, bf16),
-                             train_dataset=data, processing_class=tok, peft_config=peft_config,
-                             callbacks=[log.callback])
-    else:
-        trainer = SFTTrainer(model=model, args=trainer_args(cfg, work, SFTConfig, cuda, bf16),
-                             train_dataset=data, processing_class=tok, peft_config=peft_config,
-                             callbacks=[log.callback])
+    stage.callbacks = [log.callback]
+    trainer = method.trainer(stage, data)
     log.trainer = trainer
     started = time.time()
     print(f"[formula] ready to train {started - PROCESS_START:.2f}s after the process started; {torch.get_num_threads()} threads", file=sys.stderr)
@@ -351,7 +330,7 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     plotter.render(output / "metrics.jsonl", output / "loss.png", f"{cfg.method} stage `{cfg.name}`")
     start_lineage = Path(inputs["model"]) / "lineage.json"
     (output / "lineage.json").write_text(json.dumps({
-        "stage": cfg.name, "method": cfg.method, "adapter": cfg.adapter, "data": cfg.data,
+        "stage": cfg.name, "method": cfg.method, "adapter": encode(cfg.adapter), "data": encode(cfg.data),
         "starts_from": json.loads(start_lineage.read_text()) if start_lineage.exists() else cfg.base_model,
     }, indent=1, sort_keys=True))
     print(f"[formula] saved and plotted {time.time() - started:.2f}s after training started", file=sys.stderr)
@@ -380,7 +359,16 @@ def launch(cfg: Config) -> None:
         fail(f"stage `{cfg.name}`: a training process failed (exit status {status})")
 
 
-main = step_entry(Config, run)
+def _entry(config: dict, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    """The configuration the build wrote, read with the options class of its method."""
+    method = METHODS.get(config.get("method", ""))
+    if method is None:
+        fail(f"stage `{config.get('name')}`: no training method is called {config.get('method')!r} "
+             f"(known: {', '.join(METHODS)})")
+    run(decode(Config, config, options=method.Options), inputs, output, work)
+
+
+main = step_entry(None, _entry)
 
 if __name__ == "__main__":
     main()

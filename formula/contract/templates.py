@@ -1,17 +1,87 @@
-"""What `formula check` can tell about a chat template before anything is built: whether it can
-mask assistant turns, which special tokens it writes, and which token ends an assistant turn;
-and what a local tokenizer folder offers to match. Text analysis only (no Jinja rendering, no
-transformers), so checking stays fast."""
+"""Chat templates: the named ones, their special tokens, their digest, and what can be told about
+a template before anything is built.
+
+Each named template marks assistant output with `{% generation %}` so that training can mask
+everything else, and puts the end-of-turn token inside the marked span, so the model learns to
+stop. Tool calls follow one documented convention (Qwen-style): an assistant's calls are
+`<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, tool results are `tool` turns.
+
+The analysis (`analyse`, `local_tokenizer`, `problems`) is text only (no Jinja rendering, no
+transformers): `formula check` reads a template against a local tokenizer folder with it, and the
+tokenize step reads the same template against the loaded tokenizer, so both say the same thing.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 
+CHATML = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}"
+    "{%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}"
+    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- set args = call['function']['arguments'] -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' -}}"
+    "{%- if args is string -%}{{- args -}}{%- else -%}{{- args | tojson -}}{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+LLAMA3 = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}"
+    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set args = call['function']['arguments'] -%}"
+    "{{- '{\"name\": \"' + call['function']['name'] + '\", \"parameters\": ' -}}"
+    "{%- if args is string -%}{{- args -}}{%- else -%}{{- args | tojson -}}{%- endif -%}{{- '}' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- (message['content'] or '') + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+NAMED = {"chatml": CHATML, "llama3": LLAMA3}
+# Special tokens each named template needs, and which of them ends a turn (the model's EOS).
+SPECIAL = {"chatml": (("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>", "<|endoftext|>"),
+           "llama3": (("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                      "<|eot_id|>", "<|begin_of_text|>")}
+
+
+def template_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- what a template says, read as text -------------------------------------------------------
+
 GENERATION = re.compile(r"{%-?\s*generation\s*-?%}(.*?){%-?\s*endgeneration\s*-?%}", re.S)
-SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 
 @dataclass(frozen=True)
@@ -23,10 +93,10 @@ class TemplateFacts:
 
 def analyse(text: str) -> TemplateFacts:
     spans = GENERATION.findall(text)
-    specials = tuple(dict.fromkeys(SPECIAL.findall(text)))
+    specials = tuple(dict.fromkeys(SPECIAL_TOKEN.findall(text)))
     eot = None
     if spans:
-        inside = SPECIAL.findall(spans[-1])
+        inside = SPECIAL_TOKEN.findall(spans[-1])
         eot = inside[-1] if inside else None
     return TemplateFacts(bool(spans), specials, eot)
 

@@ -1,13 +1,14 @@
 """The types a field, a function parameter or a var can have.
 
-A type is a value that the evaluator (`evaluate.py`) reads to decide how an expression is
-checked and what it evaluates to; `schema.py` builds the block schemas from them.
+A type is a value: the compiler's evaluator (`formula/compiler/evaluate.py`) reads it to decide
+how an expression is checked and what it evaluates to, the schema (`formula/compiler/schema.py`)
+and the settings of the step configurations (`formula/contract/steps.py`, the training methods)
+declare their fields with it, and `docs/gen_reference.py` describes it. Plain data, no imports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,6 @@ class Predicate(Type):
     @property
     def describe(self) -> str:
         return "a condition"
-
-
-@dataclass(frozen=True)
-class Gate(Type):
-    """An eval check: a metric compared with a threshold or another metric."""
-
-    @property
-    def describe(self) -> str:
-        return "a comparison of metrics"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The gguf step: one GGUF file per quantization type of an `export` block.
+"""GGUF at run time: the gguf step, one GGUF file per quantization type of an `export` block, and
+how the eval step measures such a file (`open_model`). The format's description (quant types,
+the checker's rules, serving) is `formula/formats/gguf.py`.
 
 f32, f16 and bf16 are written by our streaming converter; every other type is written as f32
 first (in the work folder) and quantized by llama.cpp's own quantizer, which refuses rows the
@@ -10,19 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from formula.contract.steps import ExportConfig
 from formula.runtime.step import fail, step_entry
+from formula.runtime.steps import typed
 
 LIBRARIES = ("gguf", "llama_cpp_python", "safetensors", "numpy")
 
 
-@dataclass
-class Config:
-    export: str = "gguf"
-    quant: str = "f16"
-    format: str = "gguf"
+Config = ExportConfig  # the step's configuration: formula/contract/steps.py
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
@@ -63,7 +62,45 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
             (output / name).write_bytes((model / name).read_bytes())
 
 
-main = step_entry(Config, run)
+class GGUFModel:
+    """A GGUF in llama.cpp: f32 KV cache, the file's own chat template."""
+
+    def __init__(self, path: Path):
+        from formula.runtime.export.llama import open_gguf
+
+        self._cm = open_gguf(path, n_ctx=0, logits_all=True)
+        self.llm = self._cm.__enter__()
+        self.context = self.llm.n_ctx()
+
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        import numpy as np
+
+        from formula.runtime.export.llama import logits
+
+        ids, labels = ids[: self.context], labels[: self.context]
+        x = logits(self.llm, ids)[:-1].astype(np.float64)
+        target = np.asarray(labels[1:])
+        keep = target != -100
+        x = x[keep]
+        logz = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+        return float((logz - x[np.arange(len(x)), target[keep]]).sum()), int(keep.sum())
+
+    def chat(self, messages: list[dict], max_new_tokens: int) -> tuple[str, bool]:
+        self.llm.reset()
+        r = self.llm.create_chat_completion(messages=messages, max_tokens=max_new_tokens,
+                                            temperature=0.0, seed=0)
+        choice = r["choices"][0]
+        return choice["message"]["content"] or "", choice["finish_reason"] == "stop"
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+def open_model(path: Path) -> GGUFModel:
+    return GGUFModel(path)
+
+
+main = step_entry(None, typed(Config, run))
 
 if __name__ == "__main__":
     main()

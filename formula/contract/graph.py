@@ -1,10 +1,16 @@
-"""The step graph: what to run, with which configuration, on which inputs. No caching here,
-no execution, no machine learning: `build.py` decides what runs, an executor runs it.
+"""The step graph: what to run, with which configuration, on which inputs.
+
+The compiler's lowering (`formula/compiler/lower.py`) makes it; the runtime's build
+(`formula/runtime/build.py`) decides what runs and an executor runs it. No caching here, no
+execution, no machine learning: records and the few pure algorithms every side needs (order,
+closure, selection by name, drawings).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,17 @@ class Graph:
             seen.add(n)
             stack.extend(self.steps[n].deps.values())
         return seen
+
+    def select(self, patterns: Iterable[str]) -> tuple[set[str], list[str]]:
+        """Steps matching names or globs (`train.*`); and the patterns that matched nothing."""
+        found: set[str] = set()
+        unmatched: list[str] = []
+        for pat in patterns:
+            hits = {n for n in self.steps if n == pat or fnmatch.fnmatchcase(n, pat)}
+            if not hits:
+                unmatched.append(pat)
+            found |= hits
+        return found, unmatched
 
     def to_dot(self) -> str:
         lines = ["digraph formula {", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]

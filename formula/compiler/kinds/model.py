@@ -1,0 +1,135 @@
+"""`model` blocks → ModelPlan: the source's shapes fit, a model made by init gets a tokenizer and a
+named template, and the template fits the tokenizer where both are known without building."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from formula.contract import templates
+from formula.methods import METHODS
+
+from .. import plan
+from ..evaluate import INVALID, FuncValue
+from ..resolve import BlockDef
+from ..source import Span
+from .common import Checked, Checker
+
+
+def build(ck: Checker, c: Checked) -> plan.ModelPlan | None:
+    v, b = c.values, c.block
+    src = v.get("from")
+    if not isinstance(src, FuncValue):
+        return None
+    source: plan.ModelSource
+    if src.name == "hub":
+        source = plan.HubSource(src.args["id"], src.args["revision"])
+    elif src.name == "path":
+        source = plan.PathSource(ck.path(b, src.args["dir"]))
+    else:
+        a = src.args
+        kv = a["kv_heads"] if a["kv_heads"] is not None else a["heads"]
+        span = c.nodes["from"].value.span
+        if a["hidden"] % a["heads"]:
+            ck.err("bad-shape", f"hidden size {a['hidden']} is not divisible by "
+                   f"{a['heads']} heads", span, "shapes do not fit",
+                   help="choose heads that divide hidden")
+            return None
+        if a["heads"] % kv:
+            ck.err("bad-shape", f"{a['heads']} heads cannot be shared by {kv} kv_heads",
+                   span, "shapes do not fit", help="kv_heads must divide heads")
+            return None
+        if (a["hidden"] // a["heads"]) % 2:
+            ck.err("bad-shape", f"head size {a['hidden'] // a['heads']} is odd", span,
+                   "rotary embeddings need an even head size",
+                   help="choose hidden and heads so that hidden / heads is even")
+            return None
+        source = plan.InitSource(arch=a["arch"], hidden=a["hidden"], layers=a["layers"], heads=a["heads"],
+                                 kv_heads=kv, ffn=a["ffn"], context=a["context"], seed=a["seed"])
+    tok = v.get("tokenizer")
+    tokenizer: plan.TokenizerSource
+    if tok == "own":
+        if isinstance(source, plan.InitSource):
+            ck.err("init-needs-tokenizer", f"model `{b.name.name}` is made by `init` and has "
+                   "no tokenizer of its own", b.name.span, "no tokenizer",
+                   help="add `tokenizer = train_bpe(CORPUS, vocab = 512)`")
+            return None
+        tokenizer = plan.OwnTokenizer()
+    elif isinstance(tok, FuncValue):
+        if tok.name == "train_bpe":
+            tokenizer = plan.TrainedTokenizer(tok.args["corpus"].block.qualified, tok.args["vocab"])
+        elif tok.name == "hub":
+            tokenizer = plan.HubSource(tok.args["id"], tok.args["revision"])
+        else:
+            tokenizer = plan.PathSource(ck.path(b, tok.args["dir"]))
+    else:
+        return None
+    tmpl = v.get("template")
+    if tmpl is None:
+        tmpl = "chatml" if isinstance(source, plan.InitSource) else "own"
+    if tmpl is INVALID:
+        return None
+    if tmpl == "own" and isinstance(source, plan.InitSource) and isinstance(tokenizer, plan.TrainedTokenizer):
+        ck.err("no-template", f"model `{b.name.name}` has no chat template of its own",
+               c.nodes["template"].value.span, "nothing to keep",
+               help="a model made by `init` needs a named template: `template = chatml`")
+        return None
+    template = (plan.FileTemplate(ck.path(b, tmpl.args["path"])) if isinstance(tmpl, FuncValue)
+                else plan.NamedTemplate(tmpl))
+    span = c.nodes["template"].value.span if "template" in c.nodes else b.name.span
+    if not _template_fits(ck, b, template, source, tokenizer, span):
+        return None
+    if INVALID in (v.get("dtype"),):
+        return None
+    return plan.ModelPlan(name=b.qualified, source=source, tokenizer=tokenizer, template=template,
+                          dtype=v["dtype"], origin=ck.origin(b))
+
+
+def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: plan.ModelSource,
+                   tokenizer: plan.TokenizerSource, span: Span) -> bool:
+    """Template against tokenizer, where both can be known without building: a named
+    template, a template file, and a tokenizer in a local folder or made by `train_bpe`."""
+    text: str | None
+    if isinstance(template, plan.FileTemplate):
+        try:
+            with open(template.path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            ck.err("template-file", f"cannot read the chat template {templates.shown(template.path)}: "
+                   f"{exc.strerror or exc}", span, "this file", help="check the path (relative to the formula)")
+            return False
+        if isinstance(tokenizer, plan.TrainedTokenizer):
+            ck.err("template-trained-tokenizer", "a tokenizer made by `train_bpe` knows the special "
+                   "tokens of a named template only", span, "a template file",
+                   help="use `template = chatml` or `template = llama3` with `train_bpe`")
+            return False
+    elif template.name in templates.NAMED:
+        text = templates.NAMED[template.name]
+    else:
+        text = None
+    folder = (tokenizer.dir if isinstance(tokenizer, plan.PathSource) else
+              source.dir if isinstance(tokenizer, plan.OwnTokenizer) and isinstance(source, plan.PathSource)
+              else None)
+    tok = templates.local_tokenizer(folder) if folder else None
+    if text is None:  # `own`: the base model's, readable when the model is local
+        text = tok.template if tok else None
+        if text is None:
+            return True
+    ok = True
+    for code, message, help_ in templates.problems(templates.analyse(text), tok, _masks(ck)):
+        ck.err(code, message, span, "this template", help=help_)
+        ok = False
+    return ok
+
+
+def _masks(ck: Checker) -> bool:
+    """Whether a stage of the formula keeps the loss on assistant turns only (each method says
+    from its options; a formula without stages is held to it too)."""
+    stages = [c for c in ck.checked.values() if c.block.kind.name == "stage"]
+    return not stages or any(_stage_masks(c.values) for c in stages)
+
+
+def _stage_masks(values: dict[str, Any]) -> bool:
+    method = METHODS.get(values.get("method"))  # type: ignore[arg-type]
+    if method is None:
+        return True
+    return method.masks(method.options({k: v for k, v in values.items() if v is not INVALID}))

@@ -1,0 +1,61 @@
+"""GGUF for llama.cpp: one file per quantization type (`gguf.E.Q` steps write `model.gguf`).
+
+The quant types are llama.cpp's (LLAMA_FTYPE_MOSTLY_*), with the row length each needs and
+whether it needs an importance matrix. A row that does not divide makes llama.cpp fall back
+silently to another type, so the checker refuses it instead; types that need an importance
+matrix are refused too (formula makes none yet). The runtime side, converter and quantizer, is
+`formula/runtime/formats/gguf.py` with `formula/runtime/export/`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from formula.formats import ExportFormat, Problem, Quant
+
+QUANTS: dict[str, Quant] = {
+    "f32": Quant(), "f16": Quant(), "bf16": Quant(),
+    "q4_0": Quant(32), "q4_1": Quant(32), "q5_0": Quant(32), "q5_1": Quant(32),
+    "q8_0": Quant(32), "iq4_nl": Quant(32),
+    "q2_k": Quant(256), "q2_k_s": Quant(256), "q3_k_s": Quant(256), "q3_k_m": Quant(256),
+    "q3_k_l": Quant(256), "q4_k_s": Quant(256), "q4_k_m": Quant(256),
+    "q5_k_s": Quant(256), "q5_k_m": Quant(256), "q6_k": Quant(256), "iq4_xs": Quant(256),
+    "iq3_s": Quant(256), "iq3_m": Quant(256), "iq3_xs": Quant(256),
+    "tq1_0": Quant(256), "tq2_0": Quant(256),
+    "iq2_xxs": Quant(256, True), "iq2_xs": Quant(256, True), "iq2_s": Quant(256, True),
+    "iq2_m": Quant(256, True), "iq1_s": Quant(256, True), "iq1_m": Quant(256, True),
+    "iq3_xxs": Quant(256, True),
+}
+
+
+def rules(quants: tuple[str, ...], model: str, shapes: dict[str, int] | None) -> list[Problem]:
+    out = []
+    for q in quants:
+        quant = QUANTS[q]
+        if quant.imatrix:
+            out.append(Problem("quant-needs-imatrix", q, f"`{q}` needs an importance matrix",
+                               "llama.cpp refuses it without one",
+                               "choose a type that needs none, such as `q4_k_m` or `iq4_xs`"))
+        elif shapes and quant.row > 1:
+            bad = {k: n for k, n in shapes.items() if n % quant.row}
+            if bad:
+                k, n = next(iter(bad.items()))
+                fits = [t for t, x in QUANTS.items()
+                        if not x.imatrix and x.row > 1 and all(v % x.row == 0 for v in shapes.values())]
+                out.append(Problem(
+                    "quant-shape", q, f"`{q}` needs rows divisible by {quant.row}, but `{model}` has {k} = {n}",
+                    "llama.cpp would silently fall back to another type",
+                    f"types that fit: {', '.join(f'`{t}`' for t in fits[:6])}" if fits
+                    else "only f32, f16 and bf16 fit these shapes", at_model=True))
+    return out
+
+
+def serve(path: Path, host: str, port: int, n_ctx: int) -> list[str]:
+    """llama-cpp-python's OpenAI-compatible server, with the chat template embedded in the file."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host,
+            "--port", str(port), "--n_ctx", str(n_ctx), "--type_k", "0", "--type_v", "0"]
+
+
+FORMAT = ExportFormat(name="gguf", doc="GGUF files for llama.cpp", file="model.gguf", quants=QUANTS,
+                      rules=rules, serve_first=("q8_0", "q6_k", "q5_k_m", "q4_k_m"), serve=serve)
