@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from formula.cli.main import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, _use_color
+from formula.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE
+from formula.cli.common import use_color as _use_color
 
 
 class _PlanName:
@@ -583,7 +584,7 @@ def add_commands(sub) -> None:
                     "(steps, checks, curves) and print its path.")
     from formula.cli.data import add_command as add_data_command
 
-    add_data_command(sub)
+    add_data_command(sub, _compile)
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
                        "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
     p.add_argument("ref")

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from formula.cli.main import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, _use_color
+from formula.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE
+from formula.cli.common import use_color as _use_color
 
 
 def _corpus_steps(graph, name: str | None):
@@ -106,13 +107,12 @@ def summary(corpus, spec, seconds: float) -> str:
 
 
 def cmd_data(ns: argparse.Namespace) -> int:
-    from formula.cli.build_commands import _compile
     from formula.contract.config import decode
     from formula.runtime.steps import corpus as corpus_step
 
     if ns.corpus and "=" in ns.corpus:  # an override, not a corpus name
         ns.overrides, ns.corpus = [ns.corpus, *ns.overrides], None
-    plan, graph = _compile(ns.formula, ns.overrides)
+    plan, graph = ns.compile(ns.formula, ns.overrides)
     if graph is None:
         return EXIT_ERRORS
     steps = _corpus_steps(graph, ns.corpus)
@@ -164,7 +164,8 @@ def cmd_data(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_command(sub) -> None:
+def add_command(sub, compile_formula) -> None:
+    """`formula data`; `compile_formula(path, overrides)` gives (plan, graph) as the build commands do."""
     p = sub.add_parser("data", help="what the corpus step will make of your data, before any training",
                        description="Read a formula's corpus sources as the build would (loaders, "
                        "scrubbing, gates, split) and report per source what was read, kept and dropped, "
@@ -176,5 +177,5 @@ def add_command(sub) -> None:
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N kept examples, chosen at random")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--json", action="store_true", help="the reports as JSON")
-    p.set_defaults(func=cmd_data)
+    p.set_defaults(func=cmd_data, compile=compile_formula)
 

@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+from formula.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, use_color
+
 SUFFIX = ".formula"
 
 
@@ -41,13 +42,9 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
-def _use_color(stream) -> bool:
-    return stream.isatty() and "NO_COLOR" not in os.environ
-
-
 def cmd_check(ns: argparse.Namespace) -> int:
     from formula.compiler.diagnostics import render_github, render_json, render_text, summary_line
-    from formula.compiler.pipeline import compile_formula
+    from formula.compiler.pipeline import compile_formula, unique as unique_diagnostics
 
     paths, overrides = _split_args(ns.paths)
     if overrides and not paths:
@@ -69,8 +66,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     for f in files:
         diagnostics.extend(compile_formula(f, overrides).diagnostics)
     # A library checked alone and again through its importers reports the same thing twice.
-    unique = list({(d.code, d.message, d.span.source.path if d.span else "",
-                    d.span.start if d.span else 0): d for d in diagnostics}.values())
+    unique = list(unique_diagnostics(diagnostics))
     errors = sum(d.is_error for d in unique)
     if ns.format == "json":
         print(render_json(unique))
@@ -78,7 +74,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         if unique:
             print(render_github(unique))
     elif unique:
-        print(render_text(unique, color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
+        print(render_text(unique, color=use_color(sys.stderr)) + "\n", file=sys.stderr)
     if ns.format == "text":
         tail = summary_line(unique)
         n = len(files)
@@ -113,7 +109,7 @@ def cmd_fmt(ns: argparse.Namespace) -> int:
             failed = True
             continue
         if formatted is None:
-            print(render_text(diags, color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
+            print(render_text(diags, color=use_color(sys.stderr)) + "\n", file=sys.stderr)
             failed = True
             continue
         if formatted.encode("utf-8") != data:
@@ -160,10 +156,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
         add_commands(sub)
     return parser
-
-
-BUILD_COMMANDS = {"plan", "build", "explain", "graph", "ls", "show", "tag", "gc", "verify", "serve",
-                  "report"}
 
 
 def _wants_build_commands(argv: list[str]) -> bool:

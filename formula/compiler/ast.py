@@ -235,5 +235,3 @@ class Module:
     comments: tuple[Comment, ...]
     span: Span
 
-
-BLOCK_KINDS = ("formula", "model", "corpus", "pairs", "stage", "assemble", "export", "eval")

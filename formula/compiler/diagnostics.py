@@ -53,14 +53,6 @@ def warning(code: str, message: str, span: Span | None, label: str = "", *, help
     return Diagnostic(Severity.WARNING, code, message, span, label, tuple(labels), help, tuple(notes))
 
 
-class CompileError(Exception):
-    """Raised only at the API edge, carrying every diagnostic of the run."""
-
-    def __init__(self, diagnostics: Sequence[Diagnostic]):
-        self.diagnostics = tuple(diagnostics)
-        super().__init__(render_text(self.diagnostics, color=False))
-
-
 # ---------------------------------------------------------------------------------------------
 # "did you mean"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .check import check
 from .diagnostics import Diagnostic, error
@@ -28,7 +28,8 @@ class Compiled:
         return self.plan is not None and not any(d.is_error for d in self.diagnostics)
 
 
-def _dedupe(diags: list[Diagnostic]) -> tuple[Diagnostic, ...]:
+def unique(diags: Iterable[Diagnostic]) -> tuple[Diagnostic, ...]:
+    """Each diagnostic once, in first-seen order (a library reached twice reports once)."""
     seen, out = set(), []
     for d in diags:
         key = (d.code, d.message, d.span.source.path if d.span else None,
@@ -71,9 +72,9 @@ def _compile(path: str, overrides: Sequence[str], read: Reader) -> Compiled:
     diagnostics += diags
     if program is None or any(d.code in PARSE_CODES for d in diagnostics):
         # Checking what is left of a file with syntax errors only reports their echoes.
-        return Compiled(None, _dedupe(diagnostics))
+        return Compiled(None, unique(diagnostics))
     plan, diags = check(program)
     diagnostics += diags
     if any(d.is_error for d in diagnostics):
         plan = None
-    return Compiled(plan, _dedupe(diagnostics))
+    return Compiled(plan, unique(diagnostics))
