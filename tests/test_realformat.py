@@ -45,8 +45,8 @@ def merge_adjacent_assistants(turns: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    src = corpus.Source(type="gastown_source", input="source0", projects=str(HERE / "projects"),
-                        beads=str(HERE / "beads" / "issues.jsonl"), town=TOWN)
+    src = corpus.GastownSource(input="source0", projects=str(HERE / "projects"),
+                               beads=str(HERE / "beads" / "issues.jsonl"), town=TOWN)
     cfg = corpus.Config(name="sessions", sources=[src], max_dropped=0.5, dedup="exact")
     inputs = {"source0": Path(f"{HERE}/projects/**/*.jsonl"), "source0_beads": HERE / "beads" / "issues.jsonl"}
     result = corpus.collect(cfg, inputs)
@@ -138,13 +138,14 @@ def test_output_ids_are_unique_and_nothing_planted_leaves_the_corpus_step(built)
 
 
 def test_pairs_by_bead_from_real_outcomes(built):
+    from formula.contract.conditions import Cmp
     from formula.runtime.steps import pairs
 
     _, examples, out = built
     sessions = [json.loads(line) for name in ("train", "holdout", "dropped")
                 for line in (out / f"{name}.jsonl").read_text().splitlines()]
-    cfg = pairs.Config(name="p", chosen={"field": "outcome", "op": "==", "value": "merged"},
-                       rejected={"field": "outcome", "op": "==", "value": "burned"}, match="bead")
+    cfg = pairs.Config(name="p", chosen=Cmp("outcome", "==", "merged"), rejected=Cmp("outcome", "==", "burned"),
+                       match="bead")
     made, _ = pairs.build_pairs(sessions, cfg)
     want = EXPECTED["pairs"][0]
     assert [(p["chosen_id"], p["rejected_id"]) for p in made] == [(want["chosen"]["session_id"], want["rejected"]["session_id"])]

@@ -18,7 +18,7 @@ from formula.contract import outcome_rules
 from formula.contract.conditions import describe, matches
 from formula.contract.steps import CorpusConfig, GastownSource, TranscriptSource
 from formula.runtime.corpus import beads, claude_code, gastown, loaders, quality
-from formula.runtime.corpus.scrub import Scrubber, ScrubReport
+from formula.runtime.corpus.scrub import Scrubber, ScrubReport, scrub_path, scrub_text
 from formula.runtime.corpus.sessions import LoadError, Session
 from formula.runtime.step import fail, step_entry
 from formula.runtime.steps import typed
@@ -118,7 +118,7 @@ def derive_meta(s: Session, root: str) -> None:
 
 
 def scrub_session(s: Session, scrubber: Scrubber, report: ScrubReport) -> None:
-    src = s.meta["source"] = s.source = scrubber.scrub(s.meta["source"], "", ScrubReport())
+    src = s.meta["source"] = s.source = scrub_path(s.meta["source"])
     for m in s.messages:
         for key in ("content", "reasoning_content"):
             if m.get(key):
@@ -184,8 +184,8 @@ def collect(cfg: Config, inputs: dict[str, Path]) -> Corpus:
         derive_meta(s, root)
         scrub_session(s, scrubber, report)  # provenance too: relative, and naming no user
     for item in loaded.skipped.items:
-        item["file"] = scrubber.scrub(os.path.relpath(item["file"], root) if root else item["file"], "", ScrubReport())
-        item["error"] = scrubber.scrub(item["error"], "", ScrubReport())
+        item["file"] = scrub_path(os.path.relpath(item["file"], root) if root else item["file"])
+        item["error"] = scrub_text(item["error"])
 
     if cfg.where is not None:
         sessions = [s for s in sessions if matches(cfg.where, s.meta)]
