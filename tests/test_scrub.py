@@ -519,3 +519,21 @@ def test_only_the_requested_kinds():
     report = ScrubReport()
     out = Scrubber(["emails"]).scrub("mail a@b.example and key AKIAIOSFODNN7EXAMPLE", "f", report)
     assert out == "mail <pii:email> and key AKIAIOSFODNN7EXAMPLE"
+
+
+def test_the_hint_index_never_skips_a_rule_whose_fixed_string_occurs():
+    """The scrubber runs a rule only where one of its hints occurs, found by one scan; the scan
+    must find every hint a per-hint `in` test finds (shorter hints inside longer ones too)."""
+    import random
+
+    from formula.runtime.corpus.scrub import _CASE_BLIND, PII_PATTERNS, SECRET_PATTERNS, _HintIndex
+
+    rules = list(SECRET_PATTERNS) + list(PII_PATTERNS)
+    index = _HintIndex(rules)
+    hints = sorted({h for r in rules for h in r[3]})
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = " ".join(rng.choice(hints + ["xx", "Ab"]) for _ in range(rng.randint(1, 6)))
+        text = text.upper() if rng.random() < 0.3 else text
+        wanted = {h for r in rules for h in r[3] if (h in text.lower() if r[1] in _CASE_BLIND else h in text)}
+        assert wanted <= index.present(text), text

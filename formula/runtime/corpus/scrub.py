@@ -38,11 +38,49 @@ from functools import lru_cache
 Rule = tuple[str, re.Pattern, int, tuple[str, ...], "Callable[[str, str, int], bool] | None"]
 
 
+_CASE_BLIND: set[re.Pattern] = set()  # patterns whose hints are looked up in lowercased text
+
+
+class _HintIndex:
+    """Which rules' fixed strings (hints) occur in a text, found by two regex scans (exact and
+    case-blind) instead of one `in` test per hint per rule."""
+
+    def __init__(self, rules: Iterable[Rule]):
+        exact = {h for r in rules if r[1] not in _CASE_BLIND for h in r[3]}
+        blind = {h for r in rules if r[1] in _CASE_BLIND for h in r[3]}
+
+        def alternation(hints: set[str], flags: int = 0) -> re.Pattern | None:
+            # longest first; overlapping hints are found with a lookahead
+            if not hints:
+                return None
+            body = "|".join(re.escape(h) for h in sorted(hints, key=lambda h: (-len(h), h)))
+            return re.compile(f"(?=({body}))", flags)
+
+        self.exact, self.blind = alternation(exact), alternation(blind, re.IGNORECASE)
+        # At one position the scan reports the longest hint only; the shorter hints inside it
+        # (`sk-` in `sk-ant-`) are then present too.
+        every = exact | blind
+        lowered = {h.lower() for h in every}
+        self.inside = {h: {g for g in every if g != h and (g in h or (g in blind and g in h.lower()))}
+                       for h in every | lowered}
+
+    def present(self, text: str) -> set[str]:
+        found: set[str] = set()
+        if self.exact is not None:
+            found.update(m.group(1) for m in self.exact.finditer(text))
+        if self.blind is not None:
+            found.update(m.group(1).lower() for m in self.blind.finditer(text))
+        for h in list(found):
+            found |= self.inside.get(h, set())
+        return found
+
+
 def _rule(kind: str, pattern: str, group: int = 0, hints: Iterable[str] = (), flags: int = 0,
           skip=None) -> Rule:
     compiled = re.compile(pattern, flags)
-    if compiled.flags & re.IGNORECASE:  # hints of a case-blind pattern are looked up lowercased
+    if compiled.flags & re.IGNORECASE:
         hints = {h.lower() for h in hints}
+        _CASE_BLIND.add(compiled)
     return (kind, compiled, group, tuple(sorted(hints)), skip)
 
 
@@ -367,6 +405,11 @@ class ScrubReport:
     by_kind: Counter = field(default_factory=Counter)
     by_file: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
+    def merge(self, other: "ScrubReport") -> None:
+        self.by_kind.update(other.by_kind)
+        for source, counts in other.by_file.items():
+            self.by_file[source].update(counts)
+
     def to_json(self) -> dict:
         """Counts per kind and per file. File names pass through `scrub_path`, so a report
         names no user even when its caller counted under an absolute path."""
@@ -391,6 +434,7 @@ class Scrubber:
         self.secret_rules = [r for r in SECRET_PATTERNS if r[0] in wanted]
         self.pii_rules = [r for r in PII_PATTERNS if r[0] in wanted]
         self.detect = "detected" in wanted
+        self.hints = _HintIndex(self.secret_rules + self.pii_rules)
         self.users: set[str] = set()
         for u in set(users) | _current_user():
             self.users |= _folder_variants(u)
@@ -431,11 +475,17 @@ class Scrubber:
         return self._scrub_plain(text, source, report)
 
     def _scrub_plain(self, text: str, source: str, report: ScrubReport) -> str:
+        present = self.hints.present(text)
         for rule in self.secret_rules:
+            if rule[3] and not present.intersection(rule[3]):
+                continue  # none of its fixed strings occurs: it cannot match
             text = _replace(text, rule, source, report)
         if self.detect:
             text = self._detect_secrets(text, source, report)
+        present = self.hints.present(text)  # placeholders may have removed some
         for rule in self.pii_rules:
+            if rule[3] and not present.intersection(rule[3]):
+                continue
             kind, pattern = rule[0], rule[1]
             if pattern is _FOLDER_ANY:
                 dashed = {u for u in self.users if "-" in u}
@@ -527,6 +577,8 @@ def _detect_secrets_scan(lines: list[str]) -> list[tuple[str, str, str]]:
 
     numbered: list[tuple[int, str]] = []
     for line in lines:
+        if not _DETECT_CANDIDATE.search(line):
+            continue  # nothing any plugin could report: no long token, no keyword, no credentials
         while len(line) > DETECT_CHUNK:  # at a space where there is one, so no value is cut
             cut = line.rfind(" ", 0, DETECT_CHUNK)
             cut = cut if cut > 0 else DETECT_CHUNK
@@ -544,13 +596,23 @@ def _detect_secrets_scan(lines: list[str]) -> list[tuple[str, str, str]]:
         configure_settings_from_baseline({"plugins_used": [
             {"name": plugin.__name__} for plugin in util.get_mapping_from_secret_type_to_class().values()]})
         _DETECT_CONFIGURED = True
-    fork = "commit_hash" in inspect.signature(scan._process_line_based_plugins).parameters
+    global _DETECT_FORK
+    if _DETECT_FORK is None:
+        _DETECT_FORK = "commit_hash" in inspect.signature(scan._process_line_based_plugins).parameters
+    fork = _DETECT_FORK
     rows = [(n, line, True, False) for n, line in numbered] if fork else numbered
     return [(s.type, s.secret_value, numbered[s.line_number - 1][1])
             for s in scan._process_line_based_plugins(rows, "transcript.txt")]
 
 
 _DETECT_CONFIGURED = False
+_DETECT_FORK: bool | None = None
+# A line detect-secrets could report on holds a long token (vendor keys, high-entropy strings,
+# JWTs; the shortest its plugins find is 16 characters), a keyword its keyword plugin reads, a
+# private key header or credentials in a URL. Most lines of a transcript hold none of these,
+# and skipping them leaves its findings as they were (tests/test_scrub.py holds the proof).
+_DETECT_CANDIDATE = re.compile(
+    r"[A-Za-z0-9+/=_.-]{16,}|(?i:pass|pwd|secret|token|key|auth|cred|private|api|bearer|sig)|://[^\s]*@")
 
 
 def _not_a_keyword_secret(value: str, line: str) -> bool:
@@ -588,7 +650,7 @@ def _a_checksum(type_: str, value: str, line: str) -> bool:
 def _replace(text: str, rule: Rule, source: str, report: ScrubReport, learn: set[str] | None = None) -> str:
     kind, pattern, group, hints, skip = rule
     if hints:
-        haystack = text.lower() if pattern.flags & re.IGNORECASE else text
+        haystack = text.lower() if pattern in _CASE_BLIND else text
         if not any(h in haystack for h in hints):
             return text
     placeholder = f"<secret:{kind}>" if kind not in KIND_GROUPS["pii"] else f"<pii:{kind}>"
