@@ -10,6 +10,7 @@ from formula.methods import METHODS
 
 from .. import plan
 from ..evaluate import INVALID, FuncValue
+from ..diagnostics import warning
 from ..resolve import BlockDef
 from ..source import Span
 from .common import Checked, Checker
@@ -118,7 +119,26 @@ def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: pl
     for code, message, help_ in templates.problems(templates.analyse(text), tok, _masks(ck)):
         ck.err(code, message, span, "this template", help=help_)
         ok = False
+    keeping = _keeps_thinking(ck)
+    if keeping and "reasoning_content" not in text:
+        ck.diags.append(warning(
+            "thinking-not-rendered", f"corpus `{keeping}` keeps thinking blocks, but this chat template "
+            "never renders `reasoning_content`", span, "this template",
+            help="the model will not see or learn the thinking: use a template that renders "
+                 "`reasoning_content` (a file template), or `thinking = drop`"))
     return ok
+
+
+def _keeps_thinking(ck: Checker) -> str | None:
+    """The first corpus whose Claude Code sources keep thinking blocks, if any."""
+    for c in ck.checked.values():
+        if c.block.kind.name != "corpus":
+            continue
+        src = c.values.get("source")
+        for f in src if isinstance(src, tuple) else (src,):
+            if isinstance(f, FuncValue) and f.args.get("thinking") == "keep":
+                return c.block.name.name
+    return None
 
 
 def _masks(ck: Checker) -> bool:
