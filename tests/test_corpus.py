@@ -216,18 +216,19 @@ def test_the_example_corpus_output_holds_no_planted_secret(tmp_path):
     assert report["scrub"]["by_kind"]["private_key"] >= 1 and report["roles"]["polecat"] > 0
 
 
-def test_scrubbing_on_several_processes_gives_what_one_process_gives():
-    import copy
-
+def test_reading_on_several_processes_gives_what_one_process_gives(monkeypatch):
     from formula.runtime.corpus import claude_code, loaders as corpus_loaders
 
     data = ROOT / "examples" / "data" / "projects"
-    sessions = claude_code.load(corpus_loaders.files_of(f"{data}/**/*.jsonl"), "fail", corpus_loaders.Skipped())
-    assert len(sessions) >= 64  # enough for scrub_all to use a pool
-    for s in sessions:
-        corpus.derive_meta(s, str(data))
-    alone, report_alone = corpus._scrub_chunk((copy.deepcopy(sessions), ["secrets", "pii"],
-                                               corpus.home_users(sessions)))
-    pooled, report_pooled = corpus.scrub_all(copy.deepcopy(sessions), ["secrets", "pii"])
-    assert [s.to_json() for s in pooled] == [s.to_json() for s in alone]
-    assert report_pooled.to_json() == report_alone.to_json() and sum(report_alone.by_kind.values()) > 0
+    files = corpus_loaders.files_of(f"{data}/**/*.jsonl")
+    reading = corpus.Reading(claude_code.Options(), "fail", ("secrets", "pii"), str(data), "/home/op/gt")
+
+    def read(procs: int):
+        monkeypatch.setattr(corpus, "workers", lambda: procs)
+        loaded = corpus.Loaded()
+        sessions = corpus.read_claude_code(files, reading, loaded)
+        return [s.to_json() for s in sessions], loaded.scrub.to_json(), loaded.claude.to_json()
+
+    one, several = read(1), read(2)
+    assert len(one[0]) >= 64 and sum(one[1]["by_kind"].values()) > 0
+    assert several == one

@@ -35,6 +35,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .sessions import LoadError, Session
 
@@ -66,6 +67,12 @@ class Stats:
     events: Counter = field(default_factory=Counter)     # events left out, by kind
     examples: Counter = field(default_factory=Counter)   # session, segment, subagent, branch
     orphan_results: int = 0                              # results whose call is not in the example
+
+    def merge(self, other: "Stats") -> None:
+        self.files.update(other.files)
+        self.events.update(other.events)
+        self.examples.update(other.examples)
+        self.orphan_results += other.orphan_results
 
     def to_json(self) -> dict:
         return {"files": dict(sorted(self.files.items())), "events_left_out": dict(sorted(self.events.items())),
@@ -211,13 +218,14 @@ def blocks(ev: dict) -> list:
 def tool_use_ids(ev: dict) -> set[str]:
     if ev.get("type") != "assistant":
         return set()
-    return {b.get("id") for b in blocks(ev) if isinstance(b, dict) and b.get("type") == "tool_use"}
+    return {i for b in blocks(ev) if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(i := b.get("id"), str)}
 
 
 def result_ids(ev: dict) -> set[str]:
     if ev.get("type") != "user":
         return set()
-    return {b.get("tool_use_id") for b in blocks(ev) if isinstance(b, dict) and b.get("type") == "tool_result"}
+    return {i for b in blocks(ev) if isinstance(b, dict) and b.get("type") == "tool_result"
+            and isinstance(i := b.get("tool_use_id"), str)}
 
 
 # --- events to messages ----------------------------------------------------------------------
@@ -302,7 +310,7 @@ def to_messages(events: list[tuple[int, dict]], options: Options, stats: Stats,
         for b in content if isinstance(content, list) else [content]:
             if isinstance(b, dict) and b.get("type") == "tool_result":
                 tid = str(b.get("tool_use_id", ""))
-                res = {"role": "tool", "tool_call_id": tid, "content": text_of(b.get("content", ""))}
+                res: dict[str, Any] = {"role": "tool", "tool_call_id": tid, "content": text_of(b.get("content", ""))}
                 if b.get("is_error"):
                     res["is_error"] = True
                 results[tid] = res
@@ -328,9 +336,8 @@ def to_messages(events: list[tuple[int, dict]], options: Options, stats: Stats,
                 continue  # only dropped thinking
             messages.append(m)
             for call in m.get("tool_calls", ()):
-                res = results.pop(call["id"], None)
-                if res is not None:
-                    messages.append(res)
+                if call["id"] in results:
+                    messages.append(results.pop(call["id"]))
         else:
             messages.append(m)
     stats.orphan_results += len(results)
@@ -377,7 +384,7 @@ def _examples(tree: Tree, leaf: str, base_id: str, path: str, options: Options, 
         if len(segments) > 1:
             seg_meta["segment"] = k
         out.append(Session(sid, messages, seg_meta, path, (seg[0][0], seg[-1][0])))
-    return out, {ev.get("uuid") for _, ev in events}
+    return out, {u for _, ev in events if isinstance(u := ev.get("uuid"), str)}
 
 
 def main_sessions(path: str, events: list[tuple[int, dict]], options: Options, stats: Stats) -> tuple[list[Session], set[str]]:

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 # A rule: kind, pattern, group to replace (0: the whole match), literal hints (the pattern can
 # only match where one of them occurs, a cheap test that spares most texts most patterns; an
@@ -438,6 +439,7 @@ class Scrubber:
         self.users: set[str] = set()
         for u in set(users) | _current_user():
             self.users |= _folder_variants(u)
+        self.base_users = frozenset(self.users)
 
     def scrub(self, text: str, source: str, report: ScrubReport) -> str:
         """`text` with every hit replaced by its placeholder, counted in `report` under `source`.
@@ -524,7 +526,7 @@ class Scrubber:
         return re.sub(f"{HELD}(\\d+)Z", lambda m: held[int(m.group(1))], text)
 
 
-_JSON_LAYOUTS = ({}, {"separators": (",", ":")}, {"indent": 2}, {"indent": 4}, {"indent": 1})
+_JSON_LAYOUTS: tuple[dict[str, Any], ...] = ({}, {"separators": (",", ":")}, {"indent": 2}, {"indent": 4}, {"indent": 1})
 
 
 def _json_scrubbed(text: str, scrub: Callable[[str], str]) -> str | None:
@@ -564,7 +566,7 @@ def _json_scrubbed(text: str, scrub: Callable[[str], str]) -> str | None:
     return head + json.dumps(new, ensure_ascii=False) + tail
 
 
-def _detect_secrets_scan(lines: list[str]) -> list[tuple[str, str, str]]:
+def _detect_secrets_scan(lines: list[str]) -> list[tuple[str, str | None, str]]:
     """(secret type, value, line) for every finding of detect-secrets' default plugins and filters.
 
     Uses its line scanner, a private function whose signature differs between Yelp's last
@@ -600,7 +602,7 @@ def _detect_secrets_scan(lines: list[str]) -> list[tuple[str, str, str]]:
     if _DETECT_FORK is None:
         _DETECT_FORK = "commit_hash" in inspect.signature(scan._process_line_based_plugins).parameters
     fork = _DETECT_FORK
-    rows = [(n, line, True, False) for n, line in numbered] if fork else numbered
+    rows: list[Any] = [(n, line, True, False) for n, line in numbered] if fork else list(numbered)
     return [(s.type, s.secret_value, numbered[s.line_number - 1][1])
             for s in scan._process_line_based_plugins(rows, "transcript.txt")]
 

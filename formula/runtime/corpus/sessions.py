@@ -51,3 +51,6 @@ class LoadError(Exception):
     def __init__(self, path: str, line: int, message: str):
         self.path, self.line, self.message = path, line, message
         super().__init__(f"{path}:{line}: {message}")
+
+    def __reduce__(self):  # raised in a worker process, re-raised in the step
+        return (LoadError, (self.path, self.line, self.message))

@@ -42,26 +42,111 @@ class Loaded:
     claude: claude_code.Stats = field(default_factory=claude_code.Stats)
     links: dict = field(default_factory=dict)
     per_source: list[dict] = field(default_factory=list)
+    scrub: ScrubReport = field(default_factory=ScrubReport)
+    root: str = ""  # the folder every source file lies below; provenance is relative to it
 
 
 def _options(src: Source) -> claude_code.Options:
     return claude_code.Options(subagents=src.subagents, branches=src.branches, thinking=src.thinking)
 
 
-def load_gastown(src: GastownSource, inputs: dict[str, Path], files: list[str], loaded: Loaded, on_error: str,
+@dataclass(frozen=True)
+class Reading:
+    """How a worker reads and prepares Claude Code files (picklable)."""
+
+    options: claude_code.Options
+    on_error: str
+    kinds: tuple[str, ...]
+    root: str
+    town: str | None = None  # Gas Town roles from each session's cwd below this root
+
+
+def prepare(sessions: list[Session], reading: Reading, report: ScrubReport) -> None:
+    """Roles, derived metadata and scrubbing: everything about a session that needs no other."""
+    scrubber = Scrubber(list(reading.kinds)) if reading.kinds else None
+    for s in sessions:
+        if reading.town is not None:
+            agent = gastown.agent_of(s.meta.get("cwd", ""), reading.town)
+            if agent:
+                s.meta.update(role=agent.role, agent=agent.address)
+                if agent.rig:
+                    s.meta["rig"] = agent.rig
+        derive_meta(s, reading.root)
+        if scrubber is None:
+            s.meta["source"] = s.source = scrub_path(s.meta["source"])
+        else:
+            scrub_session(s, scrubber, report)
+
+
+def _read_chunk(job: tuple[list[str], Reading]) -> tuple[list[Session], claude_code.Stats, list[dict], ScrubReport]:
+    files, reading = job
+    skipped, stats, report = loaders.Skipped(), claude_code.Stats(), ScrubReport()
+    found = claude_code.load(files, reading.on_error, skipped, reading.options, stats)
+    prepare(found, reading, report)
+    return found, stats, skipped.items, report
+
+
+def _project_of(path: str) -> str:
+    """The folder a Claude Code file belongs to: a `--resume` copy and its original, and a
+    session and its subagents, always share it."""
+    p = Path(path)
+    if "subagents" in p.parts[:-1]:
+        last = max(k for k, name in enumerate(p.parts[:-1]) if name == "subagents")
+        return str(Path(*p.parts[:last - 1]))
+    return str(p.parent)
+
+
+def workers() -> int:
+    return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 16)
+
+
+def read_claude_code(files: list[str], reading: Reading, loaded: Loaded) -> list[Session]:
+    """Claude Code files read, tagged and scrubbed on every core this process may use (reading
+    and scrubbing are nearly all of the step's time). Files go to workers by project folder, in
+    order, and each session is prepared on its own, so the output does not depend on the number
+    of processes."""
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        groups.setdefault(_project_of(f), []).append(f)
+    procs = workers()
+    target = max(1, -(-len(files) // (procs * 4)))
+    jobs, current = [], []
+    for group in groups.values():
+        current += group
+        if len(current) >= target:
+            jobs.append((current, reading))
+            current = []
+    if current:
+        jobs.append((current, reading))
+    if procs < 2 or len(jobs) < 2 or len(files) < 32:
+        results = map(_read_chunk, jobs)
+        pool = None
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(min(procs, len(jobs)))
+        results = pool.imap(_read_chunk, jobs)
+    found: list[Session] = []
+    try:
+        for sessions, stats, skipped, report in results:
+            found += sessions
+            loaded.claude.merge(stats)
+            loaded.skipped.items += skipped
+            loaded.scrub.merge(report)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return found
+
+
+def load_gastown(src: GastownSource, inputs: dict[str, Path], files: list[str], loaded: Loaded, reading: Reading,
                  name: str) -> list[Session]:
     """A Claude Code projects folder: roles and agents from each session's cwd, outcomes from beads."""
     beads_path = str(inputs.get(f"{src.input}_beads", src.beads))
     if not os.path.isfile(beads_path):
         fail(f"corpus `{name}`: the beads export {beads_path} does not exist "
              "(export it with `bd export` or point `beads =` at .beads/issues.jsonl)")
-    found = claude_code.load(files, on_error, loaded.skipped, _options(src), loaded.claude)
-    for s in found:
-        agent = gastown.agent_of(s.meta.get("cwd", ""), src.town)
-        if agent:
-            s.meta.update(role=agent.role, agent=agent.address)
-            if agent.rig:
-                s.meta["rig"] = agent.rig
+    found = read_claude_code(files, reading, loaded)
     rules_path = str(inputs.get(f"{src.input}_outcomes", src.outcomes or ""))
     if rules_path:
         try:
@@ -83,21 +168,29 @@ def load_gastown(src: GastownSource, inputs: dict[str, Path], files: list[str], 
 
 
 def load(cfg: Config, inputs: dict[str, Path], loaded: Loaded | None = None) -> Loaded:
+    """Every source read; each session tagged, given its derived metadata and scrubbed."""
     loaded = loaded or Loaded()
+    found_files = []
     for src in cfg.sources:
         default = src.glob if isinstance(src, TranscriptSource) else src.projects.rstrip("/") + "/**/*.jsonl"
         pattern = str(inputs.get(src.input, default))
         files = loaders.files_of(pattern)
         if not files:
             fail(f"corpus `{cfg.name}`: no files match {pattern}")
+        found_files.append(files)
+    root = loaded.root = os.path.commonpath([os.path.dirname(f) for files in found_files for f in files])
+    for src, files in zip(cfg.sources, found_files):
+        reading = Reading(_options(src), cfg.on_error, tuple(cfg.scrub), root,
+                          src.town if isinstance(src, GastownSource) else None)
         if isinstance(src, GastownSource):
-            found = load_gastown(src, inputs, files, loaded, cfg.on_error, cfg.name)
+            found = load_gastown(src, inputs, files, loaded, reading, cfg.name)
         elif src.format == "pairs":
             fail(f"corpus `{cfg.name}`: pairs files belong in a `pairs` block")
         elif src.format == "claude_code":
-            found = claude_code.load(files, cfg.on_error, loaded.skipped, _options(src), loaded.claude)
+            found = read_claude_code(files, reading, loaded)
         else:
             found = [s for f in files for s in loaders.LOADERS[src.format](f, cfg.on_error, loaded.skipped)]
+            prepare(found, reading, loaded.scrub)
         if isinstance(src, TranscriptSource) and src.meta == "sidecar":
             side = loaders.sidecar_meta(src.meta_arg)
             for s in found:
@@ -121,14 +214,10 @@ def derive_meta(s: Session, root: str) -> None:
 HOME_USER = re.compile(r"(?:^|/)(?:home|Users)/([^/]+)")
 
 
-def home_users(sessions: list[Session]) -> set[str]:
-    """The users whose homes the sessions ran in (from their working directories), known to the
-    scrubber before it reads any text, so that every session is scrubbed alike."""
-    return {m.group(1) for s in sessions for m in HOME_USER.finditer(s.meta.get("cwd", "") or "")}
-
-
-def scrub_session(s: Session, scrubber: Scrubber, report: ScrubReport, users: set[str]) -> None:
-    scrubber.users = set(users)  # what one session teaches the scrubber stays with that session
+def scrub_session(s: Session, scrubber: Scrubber, report: ScrubReport) -> None:
+    """Scrubbed on its own: the scrubber starts from the user whose home the session ran in (and
+    the account running the build), and what the session teaches it stays with the session."""
+    scrubber.users = scrubber.base_users | {m.group(1) for m in HOME_USER.finditer(s.meta.get("cwd", "") or "")}
     src = s.meta["source"] = s.source = scrub_path(s.meta["source"])
     for m in s.messages:
         for key in ("content", "reasoning_content"):
@@ -139,36 +228,6 @@ def scrub_session(s: Session, scrubber: Scrubber, report: ScrubReport, users: se
     for k, v in list(s.meta.items()):
         if isinstance(v, str) and k not in KEEP_META:
             s.meta[k] = scrubber.scrub(v, src, report)
-
-
-def _scrub_chunk(args: tuple[list[Session], list[str], set[str]]) -> tuple[list[Session], ScrubReport]:
-    sessions, kinds, users = args
-    scrubber, report = Scrubber(kinds), ScrubReport()
-    users = users | scrubber.users
-    for s in sessions:
-        scrub_session(s, scrubber, report, users)
-    return sessions, report
-
-
-def scrub_all(sessions: list[Session], kinds: list[str]) -> tuple[list[Session], ScrubReport]:
-    """Every session scrubbed, on every core this process may use: scrubbing is most of the
-    corpus step's time. Each session is scrubbed independently of the others, so the output is
-    the same whatever the number of processes."""
-    users = home_users(sessions)
-    procs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 16)
-    if procs < 2 or len(sessions) < 64:
-        return _scrub_chunk((sessions, list(kinds), users))
-    import multiprocessing
-
-    size = -(-len(sessions) // (procs * 4))
-    chunks = [(sessions[i:i + size], list(kinds), users) for i in range(0, len(sessions), size)]
-    report = ScrubReport()
-    out: list[Session] = []
-    with multiprocessing.get_context("fork").Pool(procs) as pool:
-        for done, part in pool.imap(_scrub_chunk, chunks):
-            out += done
-            report.merge(part)
-    return out, report
 
 
 @dataclass
@@ -215,13 +274,9 @@ def collect(cfg: Config, inputs: dict[str, Path]) -> Corpus:
     except LoadError as exc:
         hint = "" if cfg.on_error == "skip" else " (or set `on_error = skip` to count and skip such lines)"
         fail(f"corpus `{cfg.name}`: {exc}{hint}")
-    sessions = loaded.sessions
-    root = os.path.commonpath([os.path.dirname(s.source) for s in sessions]) if sessions else ""
+    sessions, report, root = loaded.sessions, loaded.scrub, loaded.root
     stages: list[tuple[str, int]] = [("read", len(sessions))]
     drops: Counter = Counter()
-    for s in sessions:
-        derive_meta(s, root)
-    sessions, report = scrub_all(sessions, cfg.scrub)  # provenance too: relative, naming no user
     for item in loaded.skipped.items:
         item["file"] = scrub_path(os.path.relpath(item["file"], root) if root else item["file"])
         item["error"] = scrub_text(item["error"])
@@ -259,7 +314,8 @@ def collect(cfg: Config, inputs: dict[str, Path]) -> Corpus:
             sessions = [s for i, s in enumerate(sessions) if i not in near]
         stages.append((f"dedup {cfg.dedup}", len(sessions)))
 
-    train, holdout = [], []
+    train: list[Session] = []
+    holdout: list[Session] = []
     for s in sorted(sessions, key=lambda s: s.id):
         # Segments and subagents of one session fall on the same side, by the session's id.
         (holdout if quality.in_holdout(s.meta.get("session", s.id), cfg.holdout) else train).append(s)
