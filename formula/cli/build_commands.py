@@ -54,7 +54,7 @@ def _compile(formula: str, overrides: list[str]):
     rendered = render_text(list(result.diagnostics)) + "\n" if result.diagnostics else ""
     if result.diagnostics:
         print(render_text(list(result.diagnostics), color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
-    if not result.ok:
+    if not result.ok or result.plan is None:
         print(f"formula: {formula} has {summary_line(list(result.diagnostics))}; nothing was built",
               file=sys.stderr)
         return None, None
@@ -190,7 +190,7 @@ def _log_tail(o) -> None:
 def _summary(result, seconds: float, live: bool = False) -> None:
     from formula.runtime.build import BUILT, CACHED, FAILED, INTERRUPTED, REUSED, SKIPPED
 
-    counts = {}
+    counts: dict[str, int] = {}
     for o in result.outcomes.values():
         counts[o.state] = counts.get(o.state, 0) + 1
     for o in result.outcomes.values():
@@ -531,7 +531,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from formula.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE
 from formula.cli.common import use_color as _use_color
@@ -57,10 +58,12 @@ def render(template: str, messages: list[dict], color: bool) -> str:
     """The conversation through the template, trained characters marked."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, spans = render_jinja_template([messages], chat_template=template, return_assistant_tokens_mask=True)
-    text, spans = rendered[0], spans[0]
+    # (texts, generation spans); transformers types the spans as strings, they are (start, end)
+    result: Any = render_jinja_template([messages], chat_template=template, return_assistant_tokens_mask=True)
+    text, spans = result[0][0], result[1][0]
     open_, close = ("\x1b[1;32m", "\x1b[0m") if color else ("⟦", "⟧")
-    out, at = [], 0
+    out: list[str] = []
+    at = 0
     for start, end in spans:
         out += [text[at:start], open_, text[start:end], close]
         at = end

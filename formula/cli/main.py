@@ -18,7 +18,8 @@ SUFFIX = ".formula"
 
 def _formula_files(paths: list[str]) -> tuple[list[str], list[str]]:
     """Files named on the command line, and `*.formula` files under named folders."""
-    files, missing = [], []
+    files: list[str] = []
+    missing: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
@@ -62,7 +63,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     if overrides and len(files) > 1:
         print("formula check: overrides apply to one formula; name a single file", file=sys.stderr)
         return EXIT_USAGE
-    diagnostics = []
+    diagnostics: list = []
     for f in files:
         diagnostics.extend(compile_formula(f, overrides).diagnostics)
     # A library checked alone and again through its importers reports the same thing twice.

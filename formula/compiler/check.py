@@ -70,7 +70,7 @@ class _Checker:
                              help="move it into an `eval NAME { on = ... }` block")
                     continue
                 gate = self.ev.gate(member.expr, block.scope)
-                if gate is not INVALID:
+                if isinstance(gate, tuple):
                     gates.append((gate, member))
             elif isinstance(member, ast.SubBlock):
                 if member.name.name not in schema.sub_blocks:
@@ -151,7 +151,7 @@ class _Checker:
         self._cycles(reachable)
         built = plan.Plan(
             name=root.header.name.name if root.header else os.path.basename(root.path),
-            description=self.header_values(root).get("description") or "",
+            description=str(self.header_values(root).get("description") or ""),
             file=root.path,
             vars=tuple(plan.VarValue(n, v.decl.type.name,
                                      self.ev.var_values.get((id(root), n)),

@@ -6,10 +6,12 @@ silently so that one mistake is reported once.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any, Final
 
 from formula.contract import types as T
 
@@ -21,7 +23,12 @@ from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS, VAR_
 from .source import Span
 
 
-class _Invalid:
+class _Invalid(enum.Enum):
+    """What an expression that failed (and was reported) evaluates to: falsy, tested with `is`
+    (an enum of one member, so a type checker narrows `x is INVALID` too)."""
+
+    INVALID = "INVALID"
+
     def __repr__(self) -> str:
         return "INVALID"
 
@@ -29,7 +36,7 @@ class _Invalid:
         return False
 
 
-INVALID = _Invalid()
+INVALID: Final = _Invalid.INVALID
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,11 @@ class BlockRef:
     block: BlockDef
     member: str | None
     span: Span
+
+
+def _value_span(var: VarDef) -> Span:
+    """Where a var's value is written (its name, for a var declared without one)."""
+    return var.value.span if var.value is not None else var.decl.name.span
 
 
 def _kind_article(kind: str) -> str:
@@ -92,7 +104,7 @@ class Evaluator:
     def var_type(self, var: VarDef) -> T.Type | None:
         return VAR_TYPES.get(var.decl.type.name)
 
-    def var_value(self, scope: Scope, name: str, at: Span | None) -> object:
+    def var_value(self, scope: Scope, name: str, at: Span | None) -> Any:
         var = scope.vars[name]
         key = (id(scope), name)
         if at is not None:
@@ -176,7 +188,7 @@ class Evaluator:
         decl = var.decl
         if decl.enum is not None:
             allowed = []
-            typ = self.var_type(var)
+            typ = self.var_type(var) or T.Any_()  # an unknown type was reported already
             for item in decl.enum.items:
                 v = self.eval(item, typ, scope)
                 if v is not INVALID:
@@ -185,7 +197,7 @@ class Evaluator:
                 labels = [Label(decl.enum.span, "allowed values")]
                 return self.err("var-enum", f"var `{decl.name.name}` must be one of "
                                 f"{', '.join(_show(a) for a in allowed)}, not {_show(value)}",
-                                var.value.span, "not allowed", labels=labels,
+                                _value_span(var), "not allowed", labels=labels,
                                 help=did_you_mean(value, [a for a in allowed if isinstance(a, str)])
                                 if isinstance(value, str) else "")
         if decl.pattern is not None:
@@ -196,7 +208,7 @@ class Evaluator:
                                 f"valid regular expression: {exc}", decl.pattern.span, "invalid")
             if not isinstance(value, str) or not rx.fullmatch(value):
                 return self.err("var-pattern", f"var `{decl.name.name}` = {_show(value)} does not "
-                                f"match its pattern", var.value.span, "does not match",
+                                f"match its pattern", _value_span(var), "does not match",
                                 labels=[Label(decl.pattern.span, "pattern")])
         return value
 
@@ -314,7 +326,7 @@ class Evaluator:
                         f"expected {typ.describe}", help=hint or f"write {typ.describe}, or name a "
                         "var declared with `var NAME: TYPE = VALUE`")
 
-    def numeric(self, expr: ast.Expr, scope: Scope, top: bool = False) -> object:
+    def numeric(self, expr: ast.Expr, scope: Scope, top: bool = False) -> Any:
         """Arithmetic on numbers and number vars; `top`: `expr` is the whole value."""
         if isinstance(expr, ast.Number):
             return expr.value
@@ -420,9 +432,9 @@ class Evaluator:
                                 "not whole")
             value = int(value)
         elif isinstance(expr, ast.Number):
-            unit = "tokens" if typ.dimension == "tokens" else "MiB"
+            example = "tokens" if typ.dimension == "tokens" else "MiB"
             return self.err("type", f"`{expr.text}` needs a unit", expr.span, "no unit",
-                            help=f"write `{expr.text} {unit}`")
+                            help=f"write `{expr.text} {example}`")
         else:
             var = self.lookup_var(expr, scope)
             if var is None:
@@ -581,9 +593,8 @@ class Evaluator:
                          "extra argument", help=_signature_help(func))
                 ok = False
                 continue
-            p = positional[i]
-            args[p.name] = self.eval(arg, p.type, scope)
-            given[p.name] = arg
+            args[positional[i].name] = self.eval(arg, positional[i].type, scope)
+            given[positional[i].name] = arg
         for kw in expr.kwargs:
             p = func.param(kw.name.name)
             if p is None:
@@ -614,8 +625,9 @@ class Evaluator:
         if not ok or any(v is INVALID for v in args.values()):
             return INVALID
         for name, arg in given.items():
-            if (func.name, name) in LOCAL_PATHS and isinstance(args[name], str):
-                self._local_path(func.name, name, args[name], arg)
+            value = args[name]
+            if (func.name, name) in LOCAL_PATHS and isinstance(value, str):
+                self._local_path(func.name, name, value, arg)
         return FuncValue(func.name, args, expr.span)
 
     def _local_path(self, func: str, param: str, value: str, at: ast.Expr) -> None:
@@ -742,7 +754,7 @@ class Evaluator:
             if left is INVALID or right is INVALID:
                 return INVALID
             cls = plan.AllOf if expr.op == "and" else plan.AnyOf
-            parts = []
+            parts: list[plan.Pred] = []
             for p in (left, right):
                 parts.extend(p.parts if isinstance(p, cls) else (p,))
             return cls(tuple(parts))

@@ -139,13 +139,13 @@ class _Formatter:
         i = 0
         while i < len(items):
             item = items[i]
-            is_block = isinstance(item, ast.Block) or (isinstance(item, ast.Use) and item.args)
+            is_block = isinstance(item, ast.Block) or (isinstance(item, ast.Use) and bool(item.args))
             start = self._lead_start(item.span.start, prev_end if prev_end is not None else -1)
             if prev_end is not None and (is_block or prev_block or self._gap(prev_end, start)):
                 self.out.append("")
             # runs of vars or overrides are laid out in columns together
             if isinstance(item, (ast.VarDecl, ast.Override)):
-                run = [item]
+                run: list[ast.Item] = [item]
                 while (i + 1 < len(items) and type(items[i + 1]) is type(item)
                        and not self._gap(run[-1].span.end, self._lead_start(items[i + 1].span.start,
                                                                             run[-1].span.end))

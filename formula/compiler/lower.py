@@ -200,7 +200,7 @@ class _Lowering:
                 out.update(data=data_input, split=m.data.split, where=to_json(m.data.where))
             if m.metric == "prompts":
                 suite = names.setdefault(f"suite:{dict(m.args)['file']}", f"suite{len(names)}")
-                files[suite] = FileInput(_resolve(dict(m.args)["file"], v.origin.file), is_glob=False)
+                files[suite] = FileInput(_resolve(str(dict(m.args)["file"]), v.origin.file), is_glob=False)
                 out["suite"] = suite
             return out
 

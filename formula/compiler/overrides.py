@@ -13,7 +13,7 @@ from . import ast
 from .diagnostics import Diagnostic, Label, error
 from .parse import parse_expression
 from .resolve import CliOverride
-from .source import Source
+from .source import Source, Span
 
 COMMAND_LINE = "<command line>"
 
@@ -68,7 +68,7 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> tuple[tuple[CliOverrid
     parser = OverridesParser.create()
     out: list[CliOverride] = []
     diags: list[Diagnostic] = []
-    seen: dict[str, object] = {}  # each key once: which of two values wins is not obvious
+    seen: dict[str, Span] = {}  # each key once: which of two values wins is not obvious
     offset = 0
     for arg in args:
         start = text.index(arg, offset)

@@ -90,7 +90,7 @@ def parse(source: Source) -> tuple[ast.Module, list[Diagnostic]]:
     module = ast.Module(
         source=source,
         items=tuple(items),
-        comments=tuple(ast.Comment(c.value, source.span(c.start_pos, c.end_pos))
+        comments=tuple(ast.Comment(c.value, source.span(c.start_pos or 0, c.end_pos or 0))
                        for c in comments),
         span=source.span(0, len(source.text)),
     )
@@ -160,7 +160,7 @@ def _too_deep(source: Source, tree: Tree, diagnostics: list[Diagnostic]) -> bool
             if depth > deepest:
                 deepest, outer = depth, top
         stack.extend((c, depth, top) for c in node.children if isinstance(c, Tree))
-    if deepest <= MAX_DEPTH:
+    if deepest <= MAX_DEPTH or outer is None:
         return False
     start = getattr(outer.meta, "start_pos", 0) or 0
     end = getattr(outer.meta, "end_pos", start) or start
@@ -284,7 +284,7 @@ def _error_offset(exc: UnexpectedInput, text: str) -> int:
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         return exc.token.start_pos or 0
     if isinstance(exc, UnexpectedCharacters):
-        return exc.pos_in_stream
+        return exc.pos_in_stream or 0
     return len(text)
 
 
@@ -617,7 +617,7 @@ class _ToAst(Transformer_NonRecursive):
         return self.src.span(meta.start_pos, meta.end_pos)
 
     def _tspan(self, tok: Token) -> Span:
-        return self.src.span(tok.start_pos, tok.end_pos)
+        return self.src.span(tok.start_pos or 0, tok.end_pos or 0)
 
     def _ident(self, tok: Token) -> ast.Ident:
         return ast.Ident(str(tok), self._tspan(tok))

@@ -104,7 +104,7 @@ def matches(pred: Pred | None, meta: dict[str, Any]) -> bool:
     if pred.op == "in":
         return value in pred.value  # type: ignore[operator]
     try:
-        return bool(_OPS[pred.op](value, pred.value))
+        return bool(_OPS[pred.op](value, pred.value))  # type: ignore[arg-type]  # TypeError below
     except TypeError:
         return False
 

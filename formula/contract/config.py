@@ -137,7 +137,7 @@ def _value(tp: Any, value: Any, where: str) -> Any:
         members = [a for a in typing.get_args(tp) if a is not type(None)]
         if any(m in PRED_TYPES for m in members):
             return from_json(value)
-        tagged = {getattr(m, "TAG", None): m for m in members if dataclasses.is_dataclass(m)}
+        tagged = {getattr(m, "TAG", None): m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
         if isinstance(value, dict) and tagged:
             kind = tagged.get(value.get("type"))
             if kind is None:

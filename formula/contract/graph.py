@@ -9,6 +9,7 @@ closure, selection by name, drawings).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -71,7 +72,7 @@ class Graph:
                 out[dep].add(s.name)
         return out
 
-    def closure(self, names: set[str]) -> set[str]:
+    def closure(self, names: AbstractSet[str]) -> set[str]:
         """`names` and everything they depend on."""
         seen, stack = set(), list(names)
         while stack:

@@ -145,7 +145,7 @@ class OutcomeRules:
         rule = self.match(record)
         return rule.cls if rule is not None else UNKNOWN
 
-    def rank(self, cls: str) -> int:
+    def rank(self, cls: str | None) -> int:
         """Position in the precedence (lower wins); classes not listed come last."""
         return self._rank.get(cls, len(self.precedence))
 

@@ -220,7 +220,7 @@ class OneOf(Type):
 
     @property
     def describe(self) -> str:
-        parts = []
+        parts: list[str] = []
         for o in self.options:
             if isinstance(o, Symbol):
                 parts.extend(f"`{c}`" for c in o.choices)

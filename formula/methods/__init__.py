@@ -18,7 +18,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NoReturn, Protocol
 
 from formula.contract.config import Setting, settings_of
 from formula.contract.steps import StageSettings, TrainConfig
@@ -60,7 +60,7 @@ class TrainRun(Protocol):
     def args(self, config_class: type, **method_args: Any) -> Any:
         """The trl config of class `config_class`: the stage's shared settings, plus these."""
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         """End the step with a message for the user."""
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .codehash import code_identity
 from .executor import Executor, Finished, LocalExecutor, Task
@@ -340,7 +340,7 @@ class Builder:
             started = time.time()
             finished = self.executor.run(task)
             seconds = time.time() - started
-            ran = dict(key=key, seconds=seconds, log=str(log), rerun=task.shell_command())
+            ran: dict[str, Any] = dict(key=key, seconds=seconds, log=str(log), rerun=task.shell_command())
             touched = _undo_writes(before)
             if finished.status != 0:
                 return self._failed_run(name, finished, run_dir, work, ran)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 TAIL_BYTES = 64 << 10       # what the build keeps of each step's output for its summary
 UNWRITTEN_BYTES = 8 << 20   # what it holds back when the log cannot be written
@@ -106,7 +106,7 @@ class _Pump:
         self.unwritten = bytearray()
         self.error = ""
         try:
-            self.log = open(log, "ab", buffering=0)
+            self.log: IO[bytes] | None = open(log, "ab", buffering=0)
         except OSError as exc:
             self.log, self.error = None, f"{exc.strerror}: {log}"
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .build import Builder, Keyed
@@ -75,7 +76,7 @@ def reasons(new: Keyed, old: dict | None, graph: Graph) -> list[str]:
 
 
 def plan(builder: Builder, graph: Graph, store: Store, formula: str,
-         force: set[str] = frozenset(), only: set[str] | None = None) -> list[PlannedStep]:
+         force: AbstractSet[str] = frozenset(), only: AbstractSet[str] | None = None) -> list[PlannedStep]:
     """A dry run: which steps are cached, and why the others will run."""
     previous = (store.latest(formula) or {}).get("steps", {})
     selected = graph.closure(only) if only else set(graph.steps)

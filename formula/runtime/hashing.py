@@ -206,7 +206,7 @@ def seal(root: str | os.PathLike) -> tuple[str, dict]:
     """Digest of a finished output folder and its sealed listing: relative path → [size,
     mtime_ns, inode, digest]. A file that changes while it is hashed is an error."""
     root = os.fspath(root)
-    files = {}
+    files: dict[str, list] = {}
     for rel, full in _walk(root):
         before = Stat.of(full)
         digest = hash_file(full)

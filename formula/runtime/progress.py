@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any
 
 from .build import (BUILT, CACHED, FAILED, INTERRUPTED, QUEUED, REUSED, RUNNING, SKIPPED, WAITING,
                     Progress)
@@ -45,7 +46,7 @@ class LiveProgress(Progress):
         from rich.live import Live
 
         self.console = Console(stderr=True)
-        self.rows = {s: [QUEUED, "", None, None] for s in steps}  # state, detail, start, end
+        self.rows: dict[str, list[Any]] = {s: [QUEUED, "", None, None] for s in steps}  # state, detail, start, end
         self._lock = threading.Lock()
         self.live = Live(self._table(), console=self.console, refresh_per_second=8,
                          transient=False, get_renderable=self._table)

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 PARENT_ENV = "FORMULA_PARENT_PID"
@@ -190,7 +190,7 @@ def exit_without_teardown() -> None:
     os._exit(0)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """End a step with a message for the user (no traceback): bad input, not a bug."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(3)

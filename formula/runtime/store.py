@@ -33,7 +33,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .hashing import Hasher, check_seal, digest_bytes, merkle, renew_seal, seal
 
@@ -236,7 +236,7 @@ class Store:
         except OSError:
             pass  # a read-only store: checked again next time
 
-    def quarantine(self, digest: str, damage: Damage, why: str, steps: list[str] = ()) -> Path:
+    def quarantine(self, digest: str, damage: Damage, why: str, steps: Sequence[str] = ()) -> Path:
         """Move a damaged object out of `objects/` (so nothing uses it and the next build
         rebuilds it), with a note of what was wrong beside it."""
         folder = self.object_path(digest)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import ast, plan
+from ..diagnostics import Diagnostic
 from ..evaluate import INVALID, Evaluator
 from ..resolve import BlockDef
 from ..source import Span
@@ -27,6 +28,7 @@ class Checked:
 class Checker(Protocol):
     checked: dict[int, Checked]
     ev: Evaluator
+    diags: list[Diagnostic]  # warnings are appended here as they are
 
     def err(self, code: str, message: str, span: Span | None, label: str = "", **kw: Any) -> None: ...
 

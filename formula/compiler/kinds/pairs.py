@@ -34,6 +34,7 @@ def build(ck: Checker, c: Checked) -> plan.PairsPlan | None:
         return plan.PairsPlan(name=b.qualified, data=view, source=None, chosen=v["chosen"],
                               rejected=v["rejected"], match=v["match"], origin=ck.origin(b))
     src = source_of(ck, b, source)
+    assert isinstance(src, plan.TranscriptSource)  # the schema takes `transcripts(...)` only here
     if src.format != "pairs":
         ck.err("wrong-kind", "given pairs are read with `format = pairs`",
                c.nodes["source"].value.span, f"format is `{src.format}`",

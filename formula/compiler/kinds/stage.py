@@ -58,6 +58,7 @@ def build(ck: Checker, c: Checked) -> plan.StagePlan | None:
             ok = ck.holdout_exists(view, block, at) and ok
     if not ok or has_invalid(v):
         return None
+    view = v["data"][0]
     adapter = v["adapter"]
     lora = None
     model = ck.root_model(b)
@@ -74,7 +75,7 @@ def build(ck: Checker, c: Checked) -> plan.StagePlan | None:
     options = method.options({k: v[k] for k in c.nodes})
     return plan.StagePlan(name=b.qualified, method=name, model=v["model"].block.qualified,
                           base_model=model.qualified if model is not None else v["model"].block.qualified,
-                          data=data[0], adapter=lora, settings=StageSettings(**{k: v[k] for k in SHARED}),
+                          data=view, adapter=lora, settings=StageSettings(**{k: v[k] for k in SHARED}),
                           options=options, needs=tuple(r.block.qualified for r in v["needs"]),
                           origin=ck.origin(b))
 

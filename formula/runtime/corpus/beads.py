@@ -175,7 +175,8 @@ class BeadIndex:
         for i, rec in self.records.items():  # merge requests stand for their source issue
             if rec.get("issue_type") != "merge-request" or i in links:
                 continue
-            desc = rec.get("description") if isinstance(rec.get("description"), str) else ""
+            desc = rec.get("description")
+            desc = desc if isinstance(desc, str) else ""
             found = _SOURCE_ISSUE.search(desc) or _MERGE_TITLE.match(rec.get("title") or "")
             if found and found.group(1) in self.records and found.group(1) != i:
                 links[i] = found.group(1)
@@ -282,7 +283,7 @@ def link_session(session: Session, index: BeadIndex) -> dict[str, str]:
     agent = agent_address(session.meta.get("agent")) or agent
     start, end = parse_time(session.meta.get("start")), parse_time(session.meta.get("end"))
     start, end = start or end, end or start
-    if agent and start is not None:
+    if agent and start is not None and end is not None:
         if end < start:
             start, end = end, start
         windows = index.by_agent.get(agent)
@@ -322,6 +323,7 @@ def link_outcomes(sessions: Iterable[Session], records: Iterable[dict] | BeadInd
             key = (rules.rank(cls), _STRENGTH[method], work)
             if best is None or key < best[0]:
                 best = (key, work, cls, method)
+        assert best is not None  # a linked session has at least one group
         _, work, cls, method = best
         s.meta.update(bead=work, beads=sorted(set().union(*groups.values())), outcome=cls, link=method)
         report.outcomes[cls] += 1

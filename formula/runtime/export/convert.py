@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -108,7 +109,7 @@ class _Reader:
         unknown = {d for d, _ in self.meta.values()} - set(self.DTYPES) - {"BF16"}
         if unknown:
             raise ConvertError(f"weights of type {', '.join(sorted(unknown))} are not converted")
-        self._files: dict[Path, object] = {}
+        self._files: dict[Path, BinaryIO] = {}
 
     def get(self, name: str) -> np.ndarray:
         f, offset, nbytes = self.where[name]
@@ -300,7 +301,7 @@ def convert(folder: Path, out: Path, out_type: str = "f16") -> Converted:
     reader = _Reader(_weight_files(folder))
     names = gguf.get_tensor_name_map(arch, layers)
     tied = config.get("tie_word_embeddings", False)
-    plan: list[tuple[str, str, object]] = []  # (hf name, gguf name, type)
+    plan: list[tuple[str, str, gguf.GGMLQuantizationType]] = []  # (hf name, gguf name, type)
     for hf_name in sorted(reader.meta, key=_layer_order):
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from formula.contract.steps import ExportConfig
 from formula.runtime.step import fail, step_entry
@@ -49,7 +50,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         fail(f"export `{cfg.export}` ({cfg.quant}): the chat template in {out.name} differs from "
              f"{folder_template}; the served model would not see the template it was trained with")
     template_sha = hashlib.sha256(expected.encode()).hexdigest() if expected else None
-    info = {"quant": cfg.quant, "arch": converted.arch, "tokenizer_pre": converted.tokenizer_pre,
+    info: dict[str, Any] = {"quant": cfg.quant, "arch": converted.arch, "tokenizer_pre": converted.tokenizer_pre,
             "parameters": converted.parameters, "tensors": converted.tensors,
             "tensor_types": tensor_types(out), "bytes": out.stat().st_size,
             "template_sha256": template_sha}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from formula.contract.steps import AssembleConfig, Lora
 from formula.contract.templates import template_hash
@@ -24,7 +25,7 @@ DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 Config = AssembleConfig  # the step's configuration: formula/contract/steps.py
 
 
-def stages_of(lineage: dict | str) -> list[dict]:
+def stages_of(lineage: Any) -> list[dict]:
     out = []
     while isinstance(lineage, dict):
         out.append(lineage)

@@ -67,7 +67,7 @@ class HFModel:
                                       eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.eos_token_id)
         new = out[0, len(ids):].tolist()
         stopped = bool(new) and new[-1] == self.tok.eos_token_id
-        return self.tok.decode(new, skip_special_tokens=True), stopped
+        return str(self.tok.decode(new, skip_special_tokens=True)), bool(stopped)
 
     def close(self) -> None:
         pass
@@ -152,7 +152,7 @@ def prompt_suite(model, path: Path, scorer: str, max_new_tokens: int) -> dict:
             continue
         try:
             case = json.loads(line)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             fail(f"{path}:{n}: not JSON ({e.msg}); each line is {{\"prompt\": ..., \"expect\": ...}}")
         if not isinstance(case, dict) or not ("prompt" in case or "messages" in case):
             fail(f"{path}:{n}: a case needs `prompt` (text) or `messages` (a chat)")

@@ -63,7 +63,7 @@ def _pick(bad: dict, good: list[dict], uses: Counter, by_time: bool) -> dict | N
     """The chosen session to pair with one rejected session, or None."""
     when = started(bad) if by_time else None
     if when is not None:  # the chosen side must not be the earlier one
-        good = [g for g in good if (started(g) is None or started(g) >= when)]
+        good = [g for g in good if (t := started(g)) is None or t >= when]
     same_role = [g for g in good if g["meta"].get("role") == bad["meta"].get("role")]
     good = same_role or good
     if not good:
@@ -82,7 +82,8 @@ def _order(s: dict) -> tuple:
 
 
 def build_pairs(sessions: list[dict], cfg: Config) -> tuple[list[dict], dict]:
-    chosen, rejected = defaultdict(list), defaultdict(list)
+    chosen: defaultdict[str, list[dict]] = defaultdict(list)
+    rejected: defaultdict[str, list[dict]] = defaultdict(list)
     counts = {"chosen": 0, "rejected": 0, "unkeyed": 0, "out_of_order": 0}
     for s in sessions:
         side = None

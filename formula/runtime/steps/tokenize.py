@@ -13,6 +13,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from formula.contract.steps import TokenizeConfig
 from formula.contract.templates import TokenizerFacts, analyse, problems, template_hash
@@ -44,8 +45,10 @@ def encode_batch(sessions: list, max_len: int | None, truncation: str, tok=None)
 
     tok = tok or _TOKENIZER
     sessions = [json.loads(s) if isinstance(s, str) else s for s in sessions]
-    rendered, spans = render_jinja_template([s["messages"] for s in sessions], chat_template=tok.chat_template,
-                                            return_assistant_tokens_mask=True, **tok.special_tokens_map)
+    # (texts, generation spans); transformers types the spans as strings, they are (start, end) lists
+    result: Any = render_jinja_template([s["messages"] for s in sessions], chat_template=tok.chat_template,
+                                        return_assistant_tokens_mask=True, **tok.special_tokens_map)
+    rendered, spans = result
     enc = tok._tokenizer.encode_batch(rendered, add_special_tokens=False)
     out = []
     for s, e, gen in zip(sessions, enc, spans):
@@ -84,7 +87,8 @@ def pack(examples: list[dict], pack_to: int) -> list[dict]:
     can restart at every example."""
     import numpy as np
 
-    rows, current = [], []
+    rows: list[dict] = []
+    current: list[dict] = []
     size = 0
 
     def flush():
@@ -152,7 +156,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     template_problems(cfg, tok)
     workers = cfg.workers or os.cpu_count() or 1
-    stats = {"template_sha256": template_hash(tok.chat_template)}
+    stats: dict[str, Any] = {"template_sha256": template_hash(tok.chat_template)}
     pool = ProcessPoolExecutor(workers, initializer=_init, initargs=(model_dir,)) if workers > 1 else None
     try:
         for split in ("train", "holdout"):

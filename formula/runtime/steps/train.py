@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from formula.contract.config import decode, encode
 from formula.contract.steps import Lora, TrainConfig
@@ -87,9 +87,10 @@ def lora_config(cfg: Config, model):
     if missing and len(missing) == len(targets):
         fail(f"stage `{cfg.name}`: LoRA targets {missing} match no module of the model; "
              f"its linear modules are {linear}")
-    return LoraConfig(r=a.r, lora_alpha=a.alpha if a.alpha is not None else 2 * a.r, lora_dropout=a.dropout,
-                      target_modules=targets, bias=a.bias, use_rslora=a.rslora, use_dora=a.dora,
-                      task_type="CAUSAL_LM")
+    alpha = a.alpha if a.alpha is not None else 2 * a.r
+    return LoraConfig(r=a.r, lora_alpha=alpha, lora_dropout=a.dropout,  # type: ignore[arg-type]  # a float works
+                      target_modules=targets, bias=a.bias, use_rslora=a.rslora,  # type: ignore[arg-type]
+                      use_dora=a.dora, task_type="CAUSAL_LM")
 
 
 LOSS_SUM = "formula_loss.json"  # beside each checkpoint: the loss summed over the run so far
@@ -247,7 +248,7 @@ class Run:
                   disable_tqdm=False, max_length=cfg.max_len)
         return config_class(**{**kw, **method_args})
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         fail(message)
 
     def read_jsonl(self, name: str) -> list[dict]:
