@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def read_claude_code(files: list[str], reading: Reading, loaded: Loaded) -> list
             current = []
     if current:
         jobs.append((current, reading))
+    results: Iterable[tuple[list[Session], claude_code.Stats, list[dict], ScrubReport]]
     if procs < 2 or len(jobs) < 2 or len(files) < 32:
         results = map(_read_chunk, jobs)
         pool = None
@@ -217,7 +219,7 @@ HOME_USER = re.compile(r"(?:^|/)(?:home|Users)/([^/]+)")
 def scrub_session(s: Session, scrubber: Scrubber, report: ScrubReport) -> None:
     """Scrubbed on its own: the scrubber starts from the user whose home the session ran in (and
     the account running the build), and what the session teaches it stays with the session."""
-    scrubber.users = scrubber.base_users | {m.group(1) for m in HOME_USER.finditer(s.meta.get("cwd", "") or "")}
+    scrubber.users = set(scrubber.base_users) | {m.group(1) for m in HOME_USER.finditer(s.meta.get("cwd", "") or "")}
     src = s.meta["source"] = s.source = scrub_path(s.meta["source"])
     for m in s.messages:
         for key in ("content", "reasoning_content"):
