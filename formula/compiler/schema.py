@@ -17,7 +17,7 @@ from formula.contract.steps import (AssembleConfig, CorpusConfig, ExportConfig, 
                                     GastownSource, HubSource, InitSource, Lora, ModelConfig,
                                     PairsConfig, StageSettings, TranscriptSource)
 from formula.contract.types import (Any_, Bool, DataRef, Float, Fraction, Func, Int, ListOf, Metric,
-                                    OneOf, Param, Predicate, Ref, Size, Str, Symbol, Target, Type)
+                                    OneOf, Param, Ref, Size, Str, Symbol, Target, Type)
 from formula.formats import FORMATS, all_quants
 from formula.methods import METHODS, method_fields
 
