@@ -285,3 +285,19 @@ def test_pre_commit_hooks_run_check_and_fmt_check():
     assert hooks["formula-check"]["entry"] == "formula check"
     assert hooks["formula-fmt"]["entry"] == "formula fmt --check"
     assert all(h["files"] == r"\.formula$" for h in hooks.values())
+
+
+def test_an_unsaved_change_to_an_extended_formula_reaches_its_open_importer(client):
+    base = scratch("base")
+    base_uri = open_doc(client, base, EXAMPLE.read_text())
+    client.diagnostics(base_uri)
+    child = open_doc(client, scratch("child"), f'formula child {{\n  description = "c"\n}}\n\n'
+                                               f'extends "{base.name}"\n\nstage.sft.epochs = 2\n')
+    assert [d for d in client.diagnostics(child) if d["severity"] == 1] == []
+    client.notify("textDocument/didChange", {
+        "textDocument": {"uri": base_uri, "version": 2},
+        "contentChanges": [{"text": EXAMPLE.read_text().replace("stage sft {", "stage sft2 {")
+                            .replace("model   = sft", "model   = sft2")}]})
+    client.diagnostics(base_uri)
+    errors = [d for d in client.diagnostics(child) if d["severity"] == 1]
+    assert errors and errors[0]["range"]["start"]["line"] == 6, errors

@@ -192,7 +192,13 @@ def did_open(ls: FormulaServer, params: lsp.DidOpenTextDocumentParams) -> None:
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: FormulaServer, params: lsp.DidChangeTextDocumentParams) -> None:
-    publish(ls, params.text_document.uri)
+    uri = params.text_document.uri
+    publish(ls, uri)
+    # Open formulas that name the changed one (`extends`/`use` it) see the unsaved text too.
+    name = os.path.basename(uri_to_path(uri))
+    for other, doc in list(ls.workspace.text_documents.items()):
+        if other != uri and name in doc.source:
+            publish(ls, other)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
