@@ -161,7 +161,16 @@ def cmd_data(ns: argparse.Namespace) -> int:
                     print(json.dumps(s.messages, indent=1, ensure_ascii=False))
                 else:
                     print(f"   ({where}; trained spans {'in green' if color else 'between ⟦ ⟧'})")
-                    print(render(template, s.messages, color))
+                    try:
+                        print(render(template, s.messages, color))
+                    except Exception as exc:
+                        from formula.contract.templates import template_error
+
+                        what = template_error(exc)
+                        if what is None:
+                            raise
+                        print(f"formula: the chat template ({where}) fails on {sid}: {what}", file=sys.stderr)
+                        return EXIT_ERRORS
     if ns.json:
         print(json.dumps(reports, indent=1, sort_keys=True))
     return EXIT_OK

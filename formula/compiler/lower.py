@@ -85,7 +85,7 @@ class _Lowering:
         if isinstance(m.template, P.FileTemplate):
             files["template"] = FileInput(m.template.path, is_glob=False)
         config = ModelConfig(name=name, source=m.source, tokenizer=m.tokenizer, template=m.template,
-                             dtype=m.dtype)
+                             dtype=m.dtype, allow_pickle=m.allow_pickle)
         return self.add(f"model.{name}", "model", config, deps, files, m.origin)
 
     def tokenize(self, corpus: str, model: str, pack_to: int | None = None) -> str:

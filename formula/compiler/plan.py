@@ -42,6 +42,7 @@ class ModelPlan:
     template: Template
     dtype: str
     origin: Origin
+    allow_pickle: bool = False
 
 
 # --- data -------------------------------------------------------------------------------------

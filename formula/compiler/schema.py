@@ -139,6 +139,13 @@ CLAUDE_CODE_READING = (
     Param("thinking", Symbol(("drop", "keep"), "thinking policy"),
           default=default_of(TranscriptSource, "thinking"),
           doc="`keep` carries thinking blocks as `reasoning_content` for templates that render it"),
+    # Limits on input: a larger line or file fails with its file and line (`on_error = skip`: skipped).
+    Param("max_event", Size("bytes"), default=default_of(TranscriptSource, "max_event"),
+          doc="the largest line of a JSONL file (a `text` file: the file)"),
+    Param("max_session", Size("bytes"), default=default_of(TranscriptSource, "max_session"),
+          doc="the largest Claude Code transcript file"),
+    Param("max_session_events", Int(1), default=default_of(TranscriptSource, "max_session_events"),
+          doc="the most events in one Claude Code transcript file"),
 )
 
 TRANSCRIPTS = Func("transcripts", (
@@ -213,7 +220,7 @@ SCHEMAS: dict[str, BlockSchema] = {
                       default="own", doc="the model's own tokenizer, or another"),
             FieldSpec("template", OneOf((Symbol(TEMPLATES, "chat template"), TEMPLATE_FILE)),
                       doc="chat template; `own` keeps the base model's (default: own, chatml for init)"),
-            *settings(ModelConfig, "dtype"),
+            *settings(ModelConfig, "dtype", "allow_pickle"),
         ), doc="a base model"),
         BlockSchema("corpus", (
             FieldSpec("source", OneOf((TRANSCRIPTS, GASTOWN, ListOf(OneOf((TRANSCRIPTS, GASTOWN)),

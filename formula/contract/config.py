@@ -39,9 +39,12 @@ class Setting:
     doc: str = ""
 
 
-def setting(default: Any, type: Type, doc: str = "") -> Any:
-    """A configuration field that a formula sets: its default, type and documentation."""
-    return dataclasses.field(default=default, metadata={SETTING: Setting(type, doc)})
+def setting(default: Any, type: Type, doc: str = "", *, omit: bool = False) -> Any:
+    """A configuration field that a formula sets: its default, type and documentation. With
+    `omit`, it is written only when it differs from its default (a setting added later leaves
+    the keys of steps that do not set it as they were)."""
+    return dataclasses.field(default=default, metadata={SETTING: Setting(type, doc),
+                                                        **({OMIT: default} if omit else {})})
 
 
 def optional_key(default: Any) -> Any:

@@ -101,6 +101,11 @@ class TranscriptSource:
     subagents: bool = True
     branches: str = "final"
     thinking: str = "drop"
+    # Limits on input (docs/data.md): a line of a JSONL file (a text file: the file), and one
+    # Claude Code transcript file in bytes and in events. Written only when changed.
+    max_event: int = optional_key(16 << 20)
+    max_session: int = optional_key(256 << 20)
+    max_session_events: int = optional_key(200_000)
     input: str = optional_key("")  # the step input holding its files (corpus sources only)
 
 
@@ -114,6 +119,9 @@ class GastownSource:
     subagents: bool = default_of(TranscriptSource, "subagents")
     branches: str = default_of(TranscriptSource, "branches")
     thinking: str = default_of(TranscriptSource, "thinking")
+    max_event: int = optional_key(default_of(TranscriptSource, "max_event"))
+    max_session: int = optional_key(default_of(TranscriptSource, "max_session"))
+    max_session_events: int = optional_key(default_of(TranscriptSource, "max_session_events"))
     input: str = optional_key("")
 
 
@@ -165,6 +173,8 @@ class ModelConfig:
     tokenizer: TokenizerSource | None = None
     template: Template | None = None  # the checker decides: own, or chatml for a model made by init
     dtype: str = setting("auto", Symbol(("auto",) + DTYPES, "dtype"), "dtype the weights are loaded in")
+    allow_pickle: bool = setting(False, Bool(), "read pickle weights (`pytorch_model.bin`, `*.pt`) when the "
+                                 "model has no safetensors; unpickling can run code", omit=True)
 
 
 @dataclass(frozen=True, kw_only=True)

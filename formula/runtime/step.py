@@ -170,6 +170,18 @@ def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
                 where = "" if exc.filename else f" (its output is on {describe_filesystem(output)})"
                 print(f"error: {describe_os_error(exc)}{where}", file=sys.stderr, flush=True)
                 raise SystemExit(3)
+            except Exception as exc:
+                # A chat template that fails where a library renders it (trl's trainers render
+                # preference pairs): one line at the template's line, not a traceback. Steps that
+                # render templates themselves say which template and session.
+                from formula.contract.templates import template_error
+
+                what = template_error(exc)
+                if what is None:
+                    raise
+                print(f"error: the model's chat template failed as this step rendered it: {what}",
+                      file=sys.stderr, flush=True)
+                raise SystemExit(3)
 
         app()
         exit_without_teardown()

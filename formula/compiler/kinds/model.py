@@ -3,16 +3,17 @@ named template, and the template fits the tokenizer where both are known without
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from formula.contract import templates
+from formula.contract import templates, weights
 from formula.methods import METHODS
 
 from .. import plan
 from ..evaluate import INVALID, FuncValue
-from ..diagnostics import warning
+from ..diagnostics import Label, warning
 from ..resolve import BlockDef
-from ..source import Span
+from ..source import Source, Span
 from .common import Checked, Checker
 
 
@@ -79,10 +80,19 @@ def build(ck: Checker, c: Checked) -> plan.ModelPlan | None:
     span = c.nodes["template"].value.span if "template" in c.nodes else b.name.span
     if not _template_fits(ck, b, template, source, tokenizer, span):
         return None
-    if INVALID in (v.get("dtype"),):
+    if INVALID in (v.get("dtype"), v.get("allow_pickle")):
         return None
+    if isinstance(source, plan.PathSource) and not v["allow_pickle"]:
+        pickles = weights.pickle_only(source.dir)
+        if pickles:
+            ck.err("pickle-weights", f"the model folder {templates.shown(source.dir)} holds pickle weights "
+                   f"only ({', '.join(pickles)})", c.nodes["from"].value.span, "no safetensors here",
+                   help="unpickling a file can run code, so pickle weights are not read by default: convert "
+                        "them to safetensors, or set `allow_pickle = true` in this model to read them once "
+                        "and store them as safetensors")
+            return None
     return plan.ModelPlan(name=b.qualified, source=source, tokenizer=tokenizer, template=template,
-                          dtype=v["dtype"], origin=ck.origin(b))
+                          dtype=v["dtype"], origin=ck.origin(b), allow_pickle=v["allow_pickle"])
 
 
 def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: plan.ModelSource,
@@ -116,6 +126,12 @@ def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: pl
         if text is None:
             return True
     ok = True
+    if not isinstance(template, plan.NamedTemplate) or template.name not in templates.NAMED:
+        file = (template.path if isinstance(template, plan.FileTemplate) else
+                os.path.join(folder, "chat_template.jinja") if folder and os.path.isfile(
+                    os.path.join(folder, "chat_template.jinja")) else None)
+        where = templates.shown(file or os.path.join(str(folder), "tokenizer_config.json"))
+        ok = _renders(ck, text, file, where, span)
     for code, message, help_ in templates.problems(templates.analyse(text), tok, _masks(ck)):
         ck.err(code, message, span, "this template", help=help_)
         ok = False
@@ -127,6 +143,47 @@ def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: pl
             help="the model will not see or learn the thinking: use a template that renders "
                  "`reasoning_content` (a file template), or `thinking = drop`"))
     return ok
+
+
+RENDER_HELP = {
+    "template-syntax": "fix the template; see https://jinja.palletsprojects.com/en/stable/templates/",
+    "template-unsafe": "chat templates run in Jinja's immutable sandbox, as transformers runs them: "
+                       "a template may read its messages and the special tokens, never Python objects' "
+                       "internals or methods that change a value",
+    "template-render": "`formula check` renders it with one user turn and one assistant turn; the "
+                       "tokenize step will fail the same way on any session of that shape",
+}
+
+
+def _renders(ck: Checker, text: str, file: str | None, where: str, span: Span) -> bool:
+    """The template rendered with sample conversations in Jinja's sandbox (`render_problem`):
+    a diagnostic at its line in the template file when it is one, else at the formula. A
+    template that fails on the plain sample is a warning (it may reject such a chat on purpose,
+    for corpora that never hold one); one that does not parse or that the sandbox refuses is an
+    error."""
+    problem = templates.render_problem(text)
+    if problem is None:
+        return True
+
+    def report(*args: Any, **kw: Any) -> None:
+        if problem.code == "template-render":
+            ck.diags.append(warning(*args, **kw))
+        else:
+            ck.err(*args, **kw)
+
+    if file and problem.line:
+        src = Source(where, text)
+        line_text = src.line_text(problem.line)
+        start = sum(len(x) + 1 for x in text.split("\n")[: problem.line - 1])
+        indent = len(line_text) - len(line_text.lstrip())
+        report(problem.code, f"the chat template {problem.describe()}",
+               src.span(start + indent, start + max(len(line_text), indent + 1)), "here",
+               labels=[Label(span, "template read from here")], help=RENDER_HELP[problem.code])
+    else:
+        at = f", line {problem.line}" if problem.line else ""
+        report(problem.code, f"the chat template ({where}{at}) {problem.describe()}", span, "this template",
+               help=RENDER_HELP[problem.code])
+    return problem.code == "template-render"
 
 
 def _keeps_thinking(ck: Checker) -> str | None:

@@ -31,15 +31,24 @@ back to the root. What that means for a loader, and what this one does:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from formula.contract.config import default_of
+from formula.contract.steps import TranscriptSource
+
 from .sessions import LoadError, Session
 
-MAX_EVENT_BYTES = 16 << 20  # a larger line is not a transcript event (a 50 MB blob stalls the step)
+# Limits on input (docs/data.md; a formula changes them with `max_event`, `max_session` and
+# `max_session_events`): a larger line is not a transcript event (a 50 MB blob stalls the step),
+# and a transcript file past the others is not one session. Defaults: formula/contract/steps.py.
+MAX_EVENT_BYTES: int = default_of(TranscriptSource, "max_event")
+MAX_SESSION_BYTES: int = default_of(TranscriptSource, "max_session")
+MAX_SESSION_EVENTS: int = default_of(TranscriptSource, "max_session_events")
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 NOT_CONVERSATION = re.compile(
@@ -57,6 +66,8 @@ class Options:
     branches: str = "final"     # final | all (abandoned rewind branches as examples too)
     thinking: str = "drop"      # drop | keep (as `reasoning_content`)
     max_event_bytes: int = MAX_EVENT_BYTES
+    max_session_bytes: int = MAX_SESSION_BYTES
+    max_session_events: int = MAX_SESSION_EVENTS
 
 
 @dataclass
@@ -82,16 +93,38 @@ class Stats:
 # --- reading -------------------------------------------------------------------------------
 
 
-def read_events(path: str, on_error: str, skipped, max_bytes: int = MAX_EVENT_BYTES) -> list[tuple[int, dict]]:
-    """(line number, event) for every JSON object line; bad lines fail or are skipped."""
-    events = []
+def shown_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def read_events(path: str, on_error: str, skipped, max_bytes: int = MAX_EVENT_BYTES,
+                max_file_bytes: int | None = None, max_events: int | None = None) -> list[tuple[int, dict]]:
+    """(line number, event) for every JSON object line; bad lines fail or are skipped. A file
+    over `max_file_bytes` or `max_events` (one Claude Code session) raises LoadError at the
+    line that passes the limit, whatever `on_error` says: the caller skips the whole file."""
+    events: list[tuple[int, dict]] = []
     with open(path, "rb") as fh:
+        if max_file_bytes is not None and os.fstat(fh.fileno()).st_size > max_file_bytes:
+            size, total = os.fstat(fh.fileno()).st_size, 0
+            for n, raw in enumerate(fh, 1):
+                total += len(raw)
+                if total > max_file_bytes:
+                    raise LoadError(path, n, f"the transcript is {shown_size(size)}, over the "
+                                    f"{shown_size(max_file_bytes)} limit on one session file, passed at this "
+                                    "line (`max_session` raises it)")
+            fh.seek(0)
         for n, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
+            if max_events is not None and len(events) >= max_events:
+                raise LoadError(path, n, f"more than {max_events:,} events in one transcript, the limit on "
+                                "one session (`max_session_events` raises it)")
             try:
                 if len(raw) > max_bytes:
-                    raise ValueError(f"a {len(raw) / 2**20:.0f} MiB line, over the {max_bytes >> 20} MiB "
+                    raise ValueError(f"a {shown_size(len(raw))} line, over the {shown_size(max_bytes)} "
                                      "limit on one event (`max_event` raises it)")
                 try:
                     text = raw.decode("utf-8")
@@ -468,7 +501,8 @@ def load(files: list[str], on_error: str, skipped, options: Options = Options(),
         if kind == "compaction_agent" or (kind == "subagent" and not options.subagents):
             continue
         try:
-            events = read_events(path, on_error, skipped, options.max_event_bytes)
+            events = read_events(path, on_error, skipped, options.max_event_bytes, options.max_session_bytes,
+                                 options.max_session_events)
             if kind == "main":
                 found, live = main_sessions(path, events, options, stats)
                 lives.append((len(sessions), len(found), live))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .claude_code import read_events
+from .claude_code import MAX_EVENT_BYTES, read_events, shown_size
 from .sessions import LoadError, Session
 
 @dataclass
@@ -22,13 +22,13 @@ class Skipped:
         self.items.append({"file": err.path, "line": err.line, "error": err.message})
 
 
-def _json_lines(path: str, on_error: str, skipped: Skipped) -> Iterator[tuple[int, dict]]:
-    return iter(read_events(path, on_error, skipped))
+def _json_lines(path: str, on_error: str, skipped: Skipped, max_event: int = MAX_EVENT_BYTES) -> Iterator[tuple[int, dict]]:
+    return iter(read_events(path, on_error, skipped, max_event))
 
 
-def chat_sessions(path: str, on_error: str, skipped: Skipped) -> Iterator[Session]:
+def chat_sessions(path: str, on_error: str, skipped: Skipped, max_event: int = MAX_EVENT_BYTES) -> Iterator[Session]:
     """Chat JSONL in the OpenAI `messages` shape, one conversation per line."""
-    for n, obj in _json_lines(path, on_error, skipped):
+    for n, obj in _json_lines(path, on_error, skipped, max_event):
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
             err = LoadError(path, n, "expected {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}")
@@ -41,8 +41,17 @@ def chat_sessions(path: str, on_error: str, skipped: Skipped) -> Iterator[Sessio
         yield Session(sid, [dict(m) for m in msgs], meta, path, (n, n))
 
 
-def text_sessions(path: str, on_error: str, skipped: Skipped) -> Iterator[Session]:
-    """Plain text: the whole file is one assistant message (for language-model style data)."""
+def text_sessions(path: str, on_error: str, skipped: Skipped, max_event: int = MAX_EVENT_BYTES) -> Iterator[Session]:
+    """Plain text: the whole file is one assistant message (for language-model style data), so
+    `max_event` bounds the file."""
+    size = os.path.getsize(path)
+    if size > max_event:
+        err = LoadError(path, 1, f"a {shown_size(size)} text file, over the {shown_size(max_event)} limit on one "
+                        "event, which a text file is (`max_event` raises it)")
+        if on_error == "skip":
+            skipped.add(err)
+            return
+        raise err
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -51,9 +60,9 @@ def text_sessions(path: str, on_error: str, skipped: Skipped) -> Iterator[Sessio
                   (1, text.count("\n") + 1))
 
 
-def pair_records(path: str, on_error: str, skipped: Skipped) -> Iterator[dict]:
+def pair_records(path: str, on_error: str, skipped: Skipped, max_event: int = MAX_EVENT_BYTES) -> Iterator[dict]:
     """Given preference pairs: {"prompt": messages or text, "chosen": ..., "rejected": ...}."""
-    for n, obj in _json_lines(path, on_error, skipped):
+    for n, obj in _json_lines(path, on_error, skipped, max_event):
         if not all(k in obj for k in ("prompt", "chosen", "rejected")):
             err = LoadError(path, n, "a pair needs `prompt`, `chosen` and `rejected`")
             if on_error == "skip":

@@ -62,7 +62,8 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     if not (stage / "config.json").is_file():
         fail(f"assemble `{cfg.name}`: stage `{cfg.stage}` left no model folder")
     tok = AutoTokenizer.from_pretrained(stage)
-    model = AutoModelForCausalLM.from_pretrained(stage, dtype=getattr(torch, DTYPES[cfg.dtype]))
+    model = AutoModelForCausalLM.from_pretrained(stage, dtype=getattr(torch, DTYPES[cfg.dtype]),
+                                                 use_safetensors=True)
     model.save_pretrained(output, safe_serialization=True, max_shard_size=cfg.shard_size)
     tok.save_pretrained(output)
     for name in ("generation_config.json",):

@@ -48,7 +48,9 @@ class Loaded:
 
 
 def _options(src: Source) -> claude_code.Options:
-    return claude_code.Options(subagents=src.subagents, branches=src.branches, thinking=src.thinking)
+    return claude_code.Options(subagents=src.subagents, branches=src.branches, thinking=src.thinking,
+                               max_event_bytes=src.max_event, max_session_bytes=src.max_session,
+                               max_session_events=src.max_session_events)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,8 @@ def load(cfg: Config, inputs: dict[str, Path], loaded: Loaded | None = None) -> 
         elif src.format == "claude_code":
             found = read_claude_code(files, reading, loaded)
         else:
-            found = [s for f in files for s in loaders.LOADERS[src.format](f, cfg.on_error, loaded.skipped)]
+            found = [s for f in files
+                     for s in loaders.LOADERS[src.format](f, cfg.on_error, loaded.skipped, src.max_event)]
             prepare(found, reading, loaded.scrub)
         if isinstance(src, TranscriptSource) and src.meta == "sidecar":
             side = loaders.sidecar_meta(src.meta_arg)

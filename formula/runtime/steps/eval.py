@@ -19,7 +19,7 @@ from typing import Any
 
 from formula.contract.conditions import from_json, matches
 from formula.contract.steps import EvalConfig
-from formula.contract.templates import template_hash
+from formula.contract.templates import template_error, template_hash
 from formula.formats import FORMATS
 from formula.runtime import formats as runtime_formats
 from formula.runtime.step import fail, step_entry
@@ -43,7 +43,7 @@ class HFModel:
 
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
         self.context = getattr(self.model.config, "max_position_embeddings", 2048)
 
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
@@ -190,14 +190,23 @@ class Evaluator:
         if label not in self.results:
             args = m.get("args", {})
             model = self.model(m["model"])
-            if m["metric"] == "perplexity":
-                r = perplexity(model, rows(Path(self.inputs[m["data"]]), m["split"], m.get("where")))
-            elif m["metric"] == "eos_rate":
-                r = eos_rate(model, rows(Path(self.inputs[m["data"]]), m["split"], m.get("where")),
-                             int(args.get("max_new_tokens", 64)))
-            else:
-                r = prompt_suite(model, Path(self.inputs[m["suite"]]), args.get("scorer", "contains"),
-                                 int(args.get("max_new_tokens", 128)))
+            try:
+                if m["metric"] == "perplexity":
+                    r = perplexity(model, rows(Path(self.inputs[m["data"]]), m["split"], m.get("where")))
+                elif m["metric"] == "eos_rate":
+                    r = eos_rate(model, rows(Path(self.inputs[m["data"]]), m["split"], m.get("where")),
+                                 int(args.get("max_new_tokens", 64)))
+                else:
+                    r = prompt_suite(model, Path(self.inputs[m["suite"]]), args.get("scorer", "contains"),
+                                     int(args.get("max_new_tokens", 128)))
+            except Exception as exc:  # a chat template that fails as it renders a prompt: one line
+                what = template_error(exc)
+                if what is None:
+                    raise
+                folder = Path(self.inputs[m["model"]])
+                where = ("chat_template.jinja in the model folder" if (folder / "config.json").is_file()
+                         else "the template embedded in the exported file")
+                fail(f"{label}: the chat template of the model it measures ({where}) fails: {what}")
             self.results[label] = {"metric": m["metric"], "model": m["model"], **r}
         return label, self.results[label]
 

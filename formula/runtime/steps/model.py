@@ -9,7 +9,8 @@ from pathlib import Path
 
 from formula.contract.steps import (FileTemplate, HubSource, InitSource, ModelConfig, NamedTemplate,
                                     PathSource, TrainedTokenizer)
-from formula.contract.templates import NAMED, template_hash
+from formula.contract import weights
+from formula.contract.templates import NAMED, render_problem, template_hash
 from formula.runtime.step import fail, step_entry
 from formula.runtime.steps import typed
 
@@ -38,13 +39,47 @@ def load_tokenizer(cfg: Config, inputs: dict[str, Path], weights: Path | None):
 def chat_template(cfg: Config, inputs: dict[str, Path], tok) -> str:
     t = cfg.template
     if isinstance(t, FileTemplate):
-        return Path(inputs["template"]).read_text(encoding="utf-8")
+        return checked_template(cfg, Path(inputs["template"]).read_text(encoding="utf-8"), str(inputs["template"]))
     assert isinstance(t, NamedTemplate)
     if t.name == "own":
         if not getattr(tok, "chat_template", None):
             fail(f"model `{cfg.name}` has no chat template of its own; name one (`template = chatml`)")
-        return tok.chat_template
+        return checked_template(cfg, tok.chat_template, f"the chat template of model `{cfg.name}`'s tokenizer")
     return NAMED[t.name]
+
+
+def checked_template(cfg: Config, text: str, where: str) -> str:
+    """What `formula check` says of a template file, said here of every template, a hub
+    model's own included: one that does not parse or that Jinja's sandbox refuses fails."""
+    problem = render_problem(text)
+    if problem is not None and problem.code != "template-render":
+        fail(f"model `{cfg.name}`: {where}{f', line {problem.line}' if problem.line else ''}: "
+             f"the chat template {problem.describe()}")
+    return text
+
+
+def copy_weights(cfg: Config, folder: Path, output: Path, what: str, hub: bool = False) -> None:
+    """A model folder into the output with its weights as safetensors (formula/contract/weights.py):
+    pickle files are never copied; a model with pickle weights only is refused, or with
+    `allow_pickle = true` read once (torch's weights_only loader) and stored as safetensors."""
+    shutil.copytree(folder, output, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*weights.PICKLE_PATTERNS))
+    pickles = weights.pickle_files(str(folder))
+    if weights.safetensors_files(str(folder)):
+        if pickles:
+            print(f"model `{cfg.name}`: {what} also holds pickle weights ({', '.join(pickles)}); "
+                  "they are left out, its safetensors are used", flush=True)
+        return
+    if not pickles:
+        fail(f"model `{cfg.name}`: {what} holds no safetensors weights" +
+             (" (pickle weights such as pytorch_model.bin are not downloaded unless the model sets "
+              "`allow_pickle = true`)" if hub and not cfg.allow_pickle else ""))
+    if not cfg.allow_pickle:
+        fail(f"model `{cfg.name}`: " + weights.refusal(what, pickles, cfg.name))
+    from transformers import AutoModelForCausalLM
+
+    print(f"model `{cfg.name}`: reading the pickle weights {', '.join(pickles)} (allow_pickle = true) "
+          "and storing them as safetensors", flush=True)
+    AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False, dtype="auto").save_pretrained(output)
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
@@ -64,21 +99,22 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         model = model_cls(config)
         model.save_pretrained(output, safe_serialization=True)
     elif isinstance(src, PathSource):
-        weights = Path(inputs["weights"])
-        if not (weights / "config.json").is_file():
-            fail(f"model `{cfg.name}`: {weights} has no config.json; is it a Hugging Face model folder?")
-        shutil.copytree(weights, output, dirs_exist_ok=True)
-        tok = load_tokenizer(cfg, inputs, weights)
+        folder = Path(inputs["weights"])
+        if not (folder / "config.json").is_file():
+            fail(f"model `{cfg.name}`: {folder} has no config.json; is it a Hugging Face model folder?")
+        copy_weights(cfg, folder, output, f"the model folder {folder}")
+        tok = load_tokenizer(cfg, inputs, folder)
     else:
         from huggingface_hub import snapshot_download
 
         assert isinstance(src, HubSource)
         try:
-            folder = snapshot_download(src.id, revision=src.revision)
+            snapshot = snapshot_download(src.id, revision=src.revision,
+                                         ignore_patterns=None if cfg.allow_pickle else list(weights.PICKLE_PATTERNS))
         except Exception as exc:  # network, auth or a missing repository: the user's to fix
             fail(f"model `{cfg.name}`: cannot fetch {src.id}@{src.revision} from the hub: {exc}")
-        shutil.copytree(folder, output, dirs_exist_ok=True)
-        tok = load_tokenizer(cfg, inputs, Path(folder))
+        copy_weights(cfg, Path(snapshot), output, f"hub model {src.id}@{src.revision}", hub=True)
+        tok = load_tokenizer(cfg, inputs, Path(snapshot))
     template = chat_template(cfg, inputs, tok)
     tok.chat_template = template
     tok.save_pretrained(output)

@@ -150,7 +150,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         skipped = loaders.Skipped()
         try:
             pairs = [p for f in loaders.files_of(str(inputs["source"]))
-                     for p in loaders.pair_records(f, "fail", skipped)]
+                     for p in loaders.pair_records(f, "fail", skipped, cfg.source.max_event)]
         except LoadError as exc:
             fail(f"pairs `{cfg.name}`: {exc}")
         counts = {"given": len(pairs)}

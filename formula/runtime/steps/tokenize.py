@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from formula.contract.steps import TokenizeConfig
-from formula.contract.templates import TokenizerFacts, analyse, problems, template_hash
+from formula.contract.templates import (TemplateRenderError, TokenizerFacts, analyse, problems, render_problem,
+                                        template_error, template_hash)
 from formula.runtime.step import fail, step_entry
 from formula.runtime.steps import typed
 
@@ -41,13 +42,11 @@ def encode_batch(sessions: list, max_len: int | None, truncation: str, tok=None)
     """Sessions (dicts, or their JSON lines) → examples whose labels keep only the tokens the
     assistant wrote; everything else is IGNORE. Arrays are int32 numpy, cheap to send back."""
     import numpy as np
-    from transformers.utils.chat_template_utils import render_jinja_template
 
     tok = tok or _TOKENIZER
     sessions = [json.loads(s) if isinstance(s, str) else s for s in sessions]
     # (texts, generation spans); transformers types the spans as strings, they are (start, end) lists
-    result: Any = render_jinja_template([s["messages"] for s in sessions], chat_template=tok.chat_template,
-                                        return_assistant_tokens_mask=True, **tok.special_tokens_map)
+    result: Any = _render([s["messages"] for s in sessions], tok, [s["id"] for s in sessions])
     rendered, spans = result
     enc = tok._tokenizer.encode_batch(rendered, add_special_tokens=False)
     out = []
@@ -75,6 +74,31 @@ def encode_batch(sessions: list, max_len: int | None, truncation: str, tok=None)
                     "role": meta.get("role") or "", "outcome": meta.get("outcome") or "",
                     "bead": meta.get("bead") or ""})
     return out
+
+
+def _render(chats: list, tok, ids: list[str]) -> Any:
+    """The chats through the tokenizer's chat template; a template error becomes one line naming
+    the template's line and the first session it failed on (TemplateRenderError, which the
+    step turns into its failure), never a traceback."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    def render(batch: list) -> Any:
+        return render_jinja_template(batch, chat_template=tok.chat_template, return_assistant_tokens_mask=True,
+                                     **tok.special_tokens_map)
+
+    try:
+        return render(chats)
+    except Exception as exc:
+        if template_error(exc) is None:
+            raise
+        for chat, sid in zip(chats, ids):  # which session: the batch failed, so one of them does
+            try:
+                render([chat])
+            except Exception as one:
+                what = template_error(one)
+                if what is not None:
+                    raise TemplateRenderError(f"session {sid}: {what}") from None
+        raise TemplateRenderError(template_error(exc)) from None
 
 
 def _encode(args):
@@ -143,6 +167,10 @@ def template_problems(cfg: Config, tok) -> None:
         fail(f"model `{cfg.model}` has no chat template; name one in the formula (`template = chatml`)")
     facts = TokenizerFacts(f"model `{cfg.model}`", frozenset(tok.get_added_vocab()), tok.eos_token,
                            tok.chat_template)
+    bad = render_problem(tok.chat_template)
+    if bad is not None and bad.code != "template-render":
+        fail(f"the chat template of model `{cfg.model}` (chat_template.jinja in its output"
+             f"{f', line {bad.line}' if bad.line else ''}) {bad.describe()}")
     found = problems(analyse(tok.chat_template), facts, needs_masking=True)
     if found:
         fail("; ".join(f"{message} ({help_})" for _, message, help_ in found))
@@ -163,10 +191,14 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
             with open(Path(inputs["corpus"]) / f"{split}.jsonl", encoding="utf-8") as fh:
                 lines = [line for line in fh if line.strip()]
             batches = [(lines[i:i + BATCH], cfg.max_len, cfg.truncation) for i in range(0, len(lines), BATCH)]
-            if pool is not None and len(batches) > 1:
-                results = [r for part in pool.map(_encode, batches) for r in part]
-            else:
-                results = [r for b in batches for r in encode_batch(*b, tok=tok)]
+            try:
+                if pool is not None and len(batches) > 1:
+                    results = [r for part in pool.map(_encode, batches) for r in part]
+                else:
+                    results = [r for b in batches for r in encode_batch(*b, tok=tok)]
+            except TemplateRenderError as exc:
+                fail(f"the chat template of model `{cfg.model}` (chat_template.jinja in its output) fails on "
+                     f"{split} {exc}")
             kept = [r for r in results if "dropped" not in r]
             dropped: dict[str, int] = {}
             for r in results:

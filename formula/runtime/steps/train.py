@@ -55,7 +55,7 @@ def load_model(path: Path):
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > config.vocab_size:
         fail(f"the tokenizer has {len(tok)} tokens but the model's vocabulary holds {config.vocab_size}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)  # never pickle
     return model, tok
 
 
