@@ -56,7 +56,9 @@ def test_folders_are_searched_recursively(tmp_path):
 def test_json_format():
     r = run("check", "--format", "json", str(CHECK / "duplicate_field.formula"))
     assert r.returncode == 1
-    [d] = json.loads(r.stdout)
+    out = json.loads(r.stdout)
+    assert out["summary"] == {"files": 1, "errors": 1, "warnings": 0}
+    [d] = out["diagnostics"]
     assert d["code"] == "duplicate-field" and d["severity"] == "error"
     assert (d["line"], d["column"]) == (19, 3)
     assert d["labels"][0]["message"] == "first set here"

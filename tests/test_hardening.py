@@ -66,8 +66,10 @@ def test_a_folder_check_reports_every_file(bad_folder):
 def test_json_is_printed_whatever_the_files_hold(bad_folder):
     r = run("check", "--format", "json", str(bad_folder))
     no_traceback(r)
-    found = {(Path(d["file"]).name, d["code"]) for d in json.loads(r.stdout)}
+    out = json.loads(r.stdout)
+    found = {(Path(d["file"]).name, d["code"]) for d in out["diagnostics"]}
     assert found == set(EXPECTED.items())
+    assert out["summary"] == {"files": 9, "errors": 7, "warnings": 0}
 
 
 def test_fmt_reports_bad_bytes_and_drops_a_byte_order_mark(bad_folder):

@@ -70,7 +70,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
     unique = list(unique_diagnostics(diagnostics))
     errors = sum(d.is_error for d in unique)
     if ns.format == "json":
-        print(render_json(unique))
+        import json
+
+        # Like `go vet -json` or `terraform validate -json`: the diagnostics and a summary.
+        print(json.dumps({"summary": {"files": len(files), "errors": errors,
+                                      "warnings": len(unique) - errors},
+                          "diagnostics": json.loads(render_json(unique))}, indent=2))
     elif ns.format == "github":
         if unique:
             print(render_github(unique))
@@ -129,6 +134,17 @@ def cmd_fmt(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lsp(ns: argparse.Namespace) -> int:
+    try:
+        from formula.cli.lsp import serve
+    except ImportError as exc:
+        print(f"formula lsp: the language server needs pygls ({exc}): pip install 'formula[lsp]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    serve()
+    return EXIT_OK
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="formula",
@@ -152,6 +168,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 if any file would be reformatted")
     p.set_defaults(func=cmd_fmt)
+    p = sub.add_parser("lsp", help="run the language server (stdio; needs `pip install formula[lsp]`)",
+                       description="A Language Server Protocol server on stdin/stdout: diagnostics "
+                                   "as you type, hover, completion, go to definition, formatting.")
+    p.set_defaults(func=cmd_lsp)
     if _wants_build_commands(sys.argv[1:] if argv is None else argv):
         from formula.cli.build_commands import add_commands
 
@@ -160,10 +180,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _wants_build_commands(argv: list[str]) -> bool:
-    """The build commands are registered unless the command is `check` or `fmt`, so those
-    two never import the runtime."""
+    """The build commands are registered unless the command is `check`, `fmt` or `lsp`, so
+    those never import the runtime."""
     args = [a for a in argv if not a.startswith("-")]
-    return not args or args[0] not in ("check", "fmt")
+    return not args or args[0] not in ("check", "fmt", "lsp")
 
 
 def main(argv: list[str] | None = None) -> int:
