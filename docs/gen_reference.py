@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from formula.contract import types as T
-from formula.compiler.schema import METADATA_FIELDS, METRICS, SCHEMAS, VAR_TYPES, FieldSpec
+from formula.compiler.schema import METADATA_FIELDS, METRICS, SCHEMAS, SIGNIFICANT, VAR_TYPES, FieldSpec
 from formula.formats import FORMATS
 
 OUT = Path(__file__).resolve().parent / "reference.md"
@@ -78,13 +78,15 @@ def render() -> str:
             out.append(f"| `{f.name}` | {type_text(f.type)} | {default_text(f)} | {notes} |")
             funcs_of(f.type, funcs)
         if schema.checks:
-            out += ["", "Also: `check METRIC OP THRESHOLD` lines (see metrics below)."]
+            out += ["", "Also: `check METRIC OP THRESHOLD` lines (see metrics below), and "
+                    "`check significant(METRIC OP METRIC, confidence = 95%)`: the comparison must also "
+                    "hold in all but 1 - confidence of the paired bootstrap resamples of the sessions."]
         if schema.sub_blocks:
             out += ["", "Also: free-form sub-blocks " + ", ".join(f"`{s} {{ ... }}`" for s in schema.sub_blocks)
                     + " holding literal fields."]
         out.append("")
     out += ["## Functions", "", "| call | arguments | what it is |", "|---|---|---|"]
-    for name, func in sorted({**funcs, **METRICS}.items()):
+    for name, func in sorted({**funcs, **METRICS, SIGNIFICANT.name: SIGNIFICANT}.items()):
         args = ", ".join(("" if p.positional else "") + p.name + ("" if p.required else "?")
                          for p in func.params)
         out.append(f"| `{name}({args})` | " + "; ".join(

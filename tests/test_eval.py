@@ -41,6 +41,32 @@ def test_the_example_passes_its_gates(built_example):
         print(f"\n{g['check']}: {g['detail']}")
 
 
+def test_the_example_reports_next_action_per_role_with_intervals(built_example):
+    project, store = built_example
+    out = artifact(project, store, "eval.gate")
+    report = json.loads((out / "eval.json").read_text())
+    trained = report["metrics"]["next_action(sessions.holdout, max_new_tokens = 256, max_turns = 1000) of gguf.q8_0"]
+    base = report["metrics"]["next_action(tiny, sessions.holdout, max_new_tokens = 256, max_turns = 1000) of tiny"]
+    for m in (trained, base):
+        assert m["turns"] == m["call_turns"] + m["reply_turns"] > 0 and m["sessions"] > 0
+        for f in ("tool_accuracy", "args_exact", "args_similarity", "text_similarity", "stop_accuracy"):
+            lo, hi = m["ci"][f]
+            assert lo <= m[f] <= hi
+        assert set(m["by_role"]) >= {"polecat", "refinery"} and m["by_outcome"]
+        assert sum(r["turns"] for r in m["by_role"].values()) == m["turns"]
+    assert trained["tool_accuracy"] >= 0.9 and base["tool_accuracy"] == 0
+    assert trained["reused_tokens"] > 0  # the turns of a session share the KV cache
+    gate = next(g for g in report["gates"] if g["check"].startswith("significant("))
+    assert gate["passed"] and gate["significance"]["significant"] and gate["significance"]["bound"] > 0
+    turns = json.loads((out / "generations.json").read_text())
+    assert len(next(v for k, v in turns.items() if k.startswith("next_action(sessions"))) == trained["turns"]
+    text = (out / "report.md").read_text()
+    assert "## Next action on holdout sessions" in text and "Per role" in text and "side by side" in text
+    assert "&lt;tool_call&gt;" in text  # a call shown, not swallowed as an HTML tag
+    build_report = (store / "reports" / "tiny" / "report.md").read_text()
+    assert "### Next action on holdout sessions" in build_report
+
+
 @pytest.fixture
 def example_restored(built_example):
     """The shared example, put back as it was (formula text, latest build) after the test."""
@@ -78,4 +104,6 @@ def test_without_training_the_same_gates_fail(example_restored):
     failed = [l for l in r.stderr.splitlines() if l.startswith("check failed")]
     print("\n" + "\n".join(failed))
     assert any("perplexity" in l for l in failed)
+    # as good as the untrained model at picking tools (both never do): not a significant gain
+    assert any("significant(next_action" in l and "not significant" in l for l in failed), failed
     assert any("prompts" in l for l in failed)

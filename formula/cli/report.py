@@ -25,6 +25,17 @@ def _figure(value) -> str:
     return str(value)
 
 
+def _demote(markdown: str) -> str:
+    """A step's own report inside the build's: every heading one level down (its title becomes a
+    section of the build report, its sections subsections), code blocks left alone."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    return "\n".join(out)
+
+
 def write_report(store, build: dict) -> Path:
     name = build.get("name") or Path(build["formula"]).stem
     folder = store.root / "reports" / re.sub(r"[^\w.-]", "_", name)
@@ -62,8 +73,7 @@ def write_report(store, build: dict) -> Path:
             shutil.copy(png, tmp / copy)
             pictures.append(f"### {step}: {png.stem}\n\n![{step} {png.stem}]({copy})\n")
         if (out / "report.md").is_file():
-            own = (out / "report.md").read_text(encoding="utf-8")
-            lines += [own.replace("\n# ", "\n### ").replace("# ", "## ", 1), ""]
+            lines += [_demote((out / "report.md").read_text(encoding="utf-8")), ""]
     if pictures:
         lines += ["## Curves", "", *pictures]
     (tmp / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -19,7 +19,7 @@ from . import ast, plan
 from .diagnostics import (Diagnostic, Label, did_you_mean, edit_distance, error, near_names,
                           one_of, warning)
 from .resolve import BlockDef, Program, Scope, VarDef
-from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS, VAR_TYPES
+from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS, SIGNIFICANT, VAR_TYPES
 from .source import Span
 
 
@@ -828,6 +828,20 @@ class Evaluator:
     # --- eval checks ------------------------------------------------------------------------
 
     def gate(self, expr: ast.Expr, scope: Scope) -> tuple | _Invalid:
+        """(left, op, right, confidence): confidence is None, or the level a
+        `significant(COMPARISON, confidence = ...)` check asks for."""
+        confidence = None
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.name == "significant":
+            if len(expr.args) != 1:
+                return self.err("bad-check", "`significant(...)` takes one comparison", expr.span,
+                                f"{len(expr.args)} comparisons" if expr.args else "no comparison",
+                                help="e.g. `check significant(next_action(data.holdout).tool_accuracy > "
+                                "next_action(base, data.holdout).tool_accuracy)`")
+            wrapper = self._eval_Func(ast.Call(expr.func, (), expr.kwargs, expr.span), SIGNIFICANT, scope)
+            if wrapper is INVALID:
+                return INVALID
+            confidence = float(wrapper.args["confidence"])
+            expr = expr.args[0]
         if not isinstance(expr, ast.Compare) or expr.op in ("==", "!=", "in"):
             return self.err("bad-check", "a check compares a metric with a threshold", expr.span,
                             "not a comparison" if not isinstance(expr, ast.Compare) else
@@ -840,7 +854,7 @@ class Evaluator:
             return self.err("bad-check", "this check compares two constants", expr.span,
                             "no metric here", help="measure something: `perplexity(...)`, "
                             "`prompts(...).pass_rate` or `eos_rate(...)`")
-        return left, expr.op, right
+        return left, expr.op, right, confidence
 
     def _eval_Metric(self, expr, typ, scope):
         value = self.metric(expr, scope)
@@ -916,6 +930,10 @@ class Evaluator:
         for k, v in value.args.items():
             if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], plan.DataView):
                 data = v[0]
+                if func.name == "next_action" and v[0].kind != "corpus":
+                    return self.err("type", "next_action measures a corpus's sessions, not pairs",
+                                    expr.args[-1].span if expr.args else expr.span, "pairs",
+                                    help="name a corpus split: `next_action(sessions.holdout)`")
                 self._check_holdout(v[0], v[1], expr)
             else:
                 rest[k] = v

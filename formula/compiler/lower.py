@@ -191,7 +191,11 @@ class _Lowering:
                 deps[model_input] = self.target(target)
             out = {"metric": m.metric, "model": model_input, "args": dict(m.args), "attr": m.attr,
                    "label": _label(m, v.on)}
-            if m.data is not None:
+            if m.data is not None and m.metric == "next_action":  # the sessions, for any model
+                data_input = names.setdefault(f"sessions:{m.data}", f"data{len(names)}")
+                deps[data_input] = self.corpus(m.data.name)
+                out.update(data=data_input, split=m.data.split, where=to_json(m.data.where))
+            elif m.data is not None:
                 data_input = names.setdefault(f"data:{m.data}:{target}", f"data{len(names)}")
                 if m.data.kind == "corpus":
                     deps[data_input] = self.tokenize(m.data.name, self.target_model(target))
@@ -204,7 +208,8 @@ class _Lowering:
                 out["suite"] = suite
             return out
 
-        gates = tuple({"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text}
+        gates = tuple({"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text,
+                       **({"significant": {"confidence": g.confidence}} if g.confidence is not None else {})}
                       for g in v.gates)
         metrics = tuple(metric(m) for m in v.metrics)
         for i, need in enumerate(v.needs):

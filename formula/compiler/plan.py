@@ -130,7 +130,7 @@ class TargetRef:
 
 @dataclass(frozen=True)
 class MetricCall:
-    metric: str  # perplexity, eos_rate, prompts
+    metric: str  # perplexity, eos_rate, prompts, next_action
     target: TargetRef | None  # None: the eval's `on`
     data: DataView | None
     args: tuple[tuple[str, object], ...]
@@ -159,6 +159,7 @@ class GatePlan:
     right: MetricExpr
     text: str  # the check as written, for reports
     origin: Origin
+    confidence: float | None = None  # significant(...): the level the difference must hold at
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -198,8 +198,23 @@ PROMPTS = Func("prompts", (
           default="contains"),
     Param("max_new_tokens", Int(1, 1 << 16), default=128),
 ), doc="a prompt suite from JSONL; `.pass_rate` is the share of passed prompts")
-METRICS = {f.name: f for f in (PERPLEXITY, EOS_RATE, PROMPTS)}
-METRIC_ATTRS = {"prompts": ("pass_rate",)}
+NEXT_ACTION = Func("next_action", (
+    Param("data", DataRef(), required=True, positional=True, doc="a corpus split (its sessions)"),
+    Param("max_new_tokens", Int(1, 1 << 16), default=256,
+          doc="at most this many tokens per turn (and at most twice the reference's, plus 16)"),
+    Param("max_turns", Int(1, 1 << 24), default=1000,
+          doc="whole sessions, in the order of a hash of their id, until this many turns"),
+), doc="every assistant turn of the sessions, answered from the conversation before it: "
+       "`.tool_accuracy`, `.args_exact`, `.args_similarity`, `.text_similarity`, `.stop_accuracy`")
+METRICS = {f.name: f for f in (PERPLEXITY, EOS_RATE, PROMPTS, NEXT_ACTION)}
+METRIC_ATTRS = {"prompts": ("pass_rate",),
+                "next_action": ("tool_accuracy", "args_exact", "args_similarity", "text_similarity",
+                                "stop_accuracy")}
+# `check significant(COMPARISON, confidence = 0.95)`: the comparison must also hold in all but
+# 1 - confidence of the paired bootstrap resamples of the sessions.
+SIGNIFICANT = Func("significant", (
+    Param("confidence", Fraction(0.5, 1.0, lo_open=True, hi_open=True), default=0.95),
+), doc="a check that must hold beyond the noise of the held-out sample")
 
 # --- block schemas -----------------------------------------------------------------------------
 

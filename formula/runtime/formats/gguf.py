@@ -93,6 +93,11 @@ class GGUFModel:
         choice = r["choices"][0]
         return choice["message"]["content"] or "", choice["finish_reason"] == "stop"
 
+    def next_actions(self, turns: list, max_new_tokens: int) -> tuple[list, dict]:
+        from formula.runtime.export.llama import next_actions
+
+        return next_actions(self.llm, turns, max_new_tokens)
+
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
 
