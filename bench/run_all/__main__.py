@@ -26,6 +26,7 @@ RUNS = [
     ("tokenize", ["24"], ["20"]),
     ("gguf_convert", [], []),
     ("train_overhead", [], ["4"]),
+    ("memory_estimate", [], ["--quick"]),
 ]
 
 

@@ -121,14 +121,42 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     plan_, graph, store, force, only = prepared
     rows = plan(Builder(graph, store, ns.formula), graph, store, ns.formula, force, only)
     width = max((len(r.step) for r in rows), default=0)  # a formula may declare no steps
+    memory = _memory_lines(graph, store, rows)
     for r in rows:
         mark = {"cached": "cached  ", "run": "will run", "after": "will run"}[r.status]
         print(f"{mark}  {r.step:<{width}}" + (f"  {r.reasons[0]}" if r.reasons else ""))
-        for extra in r.reasons[1:]:
+        for extra in r.reasons[1:] + memory.get(r.step, []):
             print(f"{'':10}{'':<{width}}  {extra}")
     n_run = sum(r.status != "cached" for r in rows)
     print(f"{len(rows) - n_run} cached, {n_run} to run", file=sys.stderr)
     return EXIT_OK
+
+
+def _memory_lines(graph, store, rows) -> dict[str, list[str]]:
+    """Each train step's estimated peak memory and the device it will run on
+    (formula/runtime/memory.py: no torch, config.json only)."""
+    from formula.runtime import memory
+
+    keys = {r.step: r.key for r in rows if r.status == "cached"}
+    devices: dict[str, memory.Device] = {}
+
+    def output_of(step: str) -> Path | None:
+        record = store.action(keys[step]) if step in keys else None
+        return store.object_path(record["output"]) if record else None
+
+    def device_of(requested: str) -> memory.Device:
+        if requested not in devices:
+            devices[requested] = memory.probe_device(requested)
+        return devices[requested]
+
+    out = {}
+    for r in rows:
+        if graph.steps[r.step].kind == "train":
+            try:
+                out[r.step] = memory.plan_step(graph.steps, r.step, output_of, device_of).lines()
+            except ValueError as exc:  # FORMULA_MEMORY_LIMIT that is not a size
+                out[r.step] = [f"memory: {exc}"]
+    return out
 
 
 def _build_one(ns, overrides: list[str], progress_factory) -> int:

@@ -262,7 +262,25 @@ class StageSettings:
     log_every: int = setting(5, Int(1), "log metrics every N steps")
     processes: int = setting(1, Int(1, 1024), "data-parallel processes")
     device: str = setting("auto", Symbol(("auto", "cpu", "cuda"), "device"))
-    precision: str = setting("auto", Symbol(("auto", "f32", "bf16", "f16"), "precision"))
+    precision: str = setting("auto", Symbol(("auto", "f32", "bf16", "f16"), "precision"),
+                             "mixed precision (autocast): auto is the weights' half dtype on CUDA "
+                             "(bf16 over f32 weights), none on CPU")
+    # Precision and memory (docs/export.md). Written only when set, so that steps that do not
+    # set them keep their keys.
+    dtype: str = setting("auto", Symbol(("auto",) + DTYPES, "dtype"),
+                         "the weights the stage trains: auto is bf16 on CUDA (f16 on a GPU without "
+                         "bf16, f32 there for full fine-tuning), f32 on CPU; a LoRA stage keeps its "
+                         "base frozen in it and its adapter in f32", omit=True)
+    quantize: str = setting("none", Symbol(("none", "nf4"), "quantization"),
+                            "`nf4`: QLoRA, the frozen base in 4-bit NF4 (bitsandbytes, CUDA only, "
+                            "with a `lora(...)` adapter)", omit=True)
+    attention: str = setting("sdpa", Symbol(("sdpa", "eager", "flash_attention_2"), "attention"),
+                             "attention implementation (`flash_attention_2` needs flash-attn, CUDA "
+                             "and bf16 or f16)", omit=True)
+    gradient_checkpointing: bool = setting(True, Bool(), "recompute each layer's activations in the "
+                                           "backward pass instead of keeping them: far less memory, "
+                                           "about a third more compute", omit=True)
+    liger: bool = setting(False, Bool(), "Liger's fused kernels (liger-kernel, CUDA only)", omit=True)
 
     # Settings placed before the method's own fields in the schema (and the reference); the
     # rest come after them.

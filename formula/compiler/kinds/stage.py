@@ -5,12 +5,13 @@ the typed records the train step's configuration holds."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 from formula.contract.steps import StageSettings
 from formula.methods import METHODS
 
 from .. import plan
-from ..diagnostics import Label
+from ..diagnostics import Label, warning
 from ..evaluate import INVALID, FuncValue, _kind_article
 from ..schema import SCHEMAS
 from .common import Checked, Checker, has_invalid
@@ -56,7 +57,7 @@ def build(ck: Checker, c: Checked) -> plan.StagePlan | None:
             ok = False
         else:
             ok = ck.holdout_exists(view, block, at) and ok
-    if not ok or has_invalid(v):
+    if not ok or has_invalid(v) or not _precision_fits(ck, c):
         return None
     view = v["data"][0]
     adapter = v["adapter"]
@@ -82,3 +83,64 @@ def build(ck: Checker, c: Checked) -> plan.StagePlan | None:
 
 def _and(names: tuple[str, ...]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# Settings that need a CUDA device, and the package each needs: (field, value, what, package).
+CUDA_ONLY = (("quantize", "nf4", "QLoRA (`quantize = nf4`) uses bitsandbytes' 4-bit CUDA kernels", "bitsandbytes"),
+             ("attention", "flash_attention_2", "FlashAttention runs on CUDA only", "flash_attn"),
+             ("liger", True, "Liger's kernels are Triton kernels, CUDA only", "liger_kernel"),
+             ("precision", "f16", "f16 mixed precision (its gradient scaler) is CUDA only", None))
+
+
+def _precision_fits(ck: Checker, c: Checked) -> bool:
+    """The stage's precision and memory settings against each other: what needs CUDA on a stage
+    that says `device = cpu`, QLoRA without LoRA, f16 weights trained directly, FlashAttention
+    in f32. A package these need that this machine lacks is a warning (the build machine may
+    have it; the train step refuses to start without it)."""
+    v, b = c.values, c.block
+    ok = True
+
+    def at(name: str):
+        node = c.nodes.get(name)
+        return node.value.span if node is not None else b.name.span
+
+    def label(name: str, text: str) -> list[Label]:
+        node = c.nodes.get(name)
+        return [Label(node.value.span, text)] if node is not None else []
+
+    for name, value, why, package in CUDA_ONLY:
+        if v.get(name) != value:
+            continue
+        if v.get("device") == "cpu":
+            ck.err("needs-cuda", f"`{name} = {_shown(value)}` needs a CUDA device, but this stage "
+                   "runs on the CPU", at(name), why, labels=label("device", "`device = cpu` set here"),
+                   help=f"remove `{name}`, or set `device = auto`")
+            ok = False
+        elif package is not None and importlib.util.find_spec(package) is None:
+            ck.diags.append(warning(
+                "not-installed", f"`{name} = {_shown(value)}` needs the {package.replace('_', '-')} "
+                "package, which is not installed here", at(name), "needs " + package.replace("_", "-"),
+                help="the stage refuses to start on a machine without it"))
+    full = v.get("adapter") == "full"
+    if v.get("quantize") == "nf4" and full:
+        ck.err("qlora-needs-lora", "QLoRA trains a LoRA adapter on a frozen 4-bit base, but this stage "
+               "trains every weight", at("quantize"), "a 4-bit base cannot be trained",
+               labels=label("adapter", "full fine-tuning set here"),
+               help="add `adapter = lora(r = 16)`, or remove `quantize`")
+        ok = False
+    if v.get("dtype") == "f16" and full:
+        ck.err("f16-full", "f16 weights cannot be fine-tuned directly: small updates vanish and "
+               "the gradient scaler refuses f16 gradients", at("dtype"), "full fine-tuning in f16",
+               help="use `dtype = bf16`, f32 weights with `precision = f16`, or a `lora(...)` adapter "
+                    "over the f16 base")
+        ok = False
+    if v.get("attention") == "flash_attention_2" and v.get("dtype") == "f32" and v.get("quantize") != "nf4":
+        ck.err("flash-attention-f32", "FlashAttention computes in bf16 or f16 only, but this stage "
+               "trains f32 weights", at("attention"), "FlashAttention",
+               labels=label("dtype", "`dtype = f32` set here"), help="set `dtype = bf16`, or `attention = sdpa`")
+        ok = False
+    return ok
+
+
+def _shown(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -17,6 +17,7 @@ Several processes (`processes = 2`) run under torch's launcher, over gloo on CPU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +31,8 @@ from typing import Any, NoReturn
 from formula.contract.config import decode, encode
 from formula.contract.steps import Lora, TrainConfig
 from formula.methods import METHODS, Method
+from formula.runtime import memory
+from formula.runtime.memory import Precision
 from formula.runtime.step import fail, run_facts, step_entry
 
 PROCESS_START = time.time()
@@ -43,9 +46,9 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def load_model(path: Path):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_start(path: Path):
+    """The starting model's config and tokenizer, checked, before any weight is read."""
+    from transformers import AutoConfig, AutoTokenizer
 
     if not (path / "config.json").is_file():
         fail(f"the starting model {path} is not a model folder (no config.json)")
@@ -55,8 +58,57 @@ def load_model(path: Path):
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > config.vocab_size:
         fail(f"the tokenizer has {len(tok)} tokens but the model's vocabulary holds {config.vocab_size}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)  # never pickle
-    return model, tok
+    return config, tok
+
+
+TORCH_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+
+
+def load_weights(path: Path, cfg: Config, precision: Precision, cuda: bool):
+    """The weights in the dtype the stage trains in, with its attention implementation; a 4-bit
+    NF4 base (bitsandbytes) for QLoRA, placed on this process's GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"attn_implementation": cfg.attention}
+    if precision.weights == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = getattr(torch, TORCH_DTYPES[precision.compute])
+        kw.update(dtype=compute, device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
+                  quantization_config=BitsAndBytesConfig(
+                      load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                      bnb_4bit_use_double_quant=True, bnb_4bit_quant_storage=compute))
+    else:
+        kw["dtype"] = getattr(torch, TORCH_DTYPES[precision.weights])
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kw)  # never pickle
+
+
+def require_device(cfg: Config, cuda: bool, bf16_ok: bool, precision: Precision) -> None:
+    """What the stage's settings need of this machine, said before anything loads."""
+    import importlib.util
+
+    needs = {"quantize = nf4": (precision.weights == "nf4", "bitsandbytes"),
+             "attention = flash_attention_2": (cfg.attention == "flash_attention_2", "flash_attn"),
+             "liger = true": (cfg.liger, "liger_kernel")}
+    for what, (wanted, package) in needs.items():
+        if not wanted:
+            continue
+        if not cuda:
+            fail(f"stage `{cfg.name}` sets `{what}`, which needs a CUDA device, and none is visible"
+                 + (" (`device = cpu`)" if cfg.device == "cpu" else ""))
+        if importlib.util.find_spec(package) is None:
+            fail(f"stage `{cfg.name}` sets `{what}`, which needs the {package.replace('_', '-')} package; "
+                 f"install it (pip install {package.replace('_', '-')}) or remove the setting")
+    if precision.autocast == "f16" and not cuda:
+        fail(f"stage `{cfg.name}`: f16 mixed precision (`precision = f16`) needs a CUDA device")
+    if "bf16" in (precision.weights, precision.compute, precision.autocast) and cuda and not bf16_ok:
+        fail(f"stage `{cfg.name}` trains in bf16, which this GPU does not support: set `dtype = f16` "
+             "(with a LoRA adapter) or `dtype = f32` with `precision = f16`")
+    if cfg.attention == "flash_attention_2" and precision.compute == "f32":
+        fail(f"stage `{cfg.name}`: FlashAttention computes in bf16 or f16 only; set `dtype = bf16`")
+    if precision.weights == "f16" and not isinstance(cfg.adapter, Lora):
+        fail(f"stage `{cfg.name}`: f16 weights cannot be fine-tuned directly; use `dtype = bf16` or a LoRA adapter")
 
 
 def check_template(cfg: Config, tok, data: Path) -> str | None:
@@ -227,7 +279,7 @@ class Run:
     data_dir: Path
     work: Path
     cuda: bool
-    bf16: bool
+    precision: Precision
     model: Any = None
     tokenizer: Any = None
     peft_config: Any = None
@@ -243,9 +295,13 @@ class Run:
                   max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, logging_first_step=True,
                   save_strategy="steps",
                   save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
-                  bf16=self.bf16, dataloader_num_workers=0, include_num_input_tokens_seen="all",
+                  bf16=self.precision.autocast == "bf16", fp16=self.precision.autocast == "f16",
+                  gradient_checkpointing=cfg.gradient_checkpointing,
+                  dataloader_num_workers=0, include_num_input_tokens_seen="all",
                   ddp_backend=("gloo" if not cuda and "WORLD_SIZE" in os.environ else None),
                   disable_tqdm=False, max_length=cfg.max_len)
+        if cfg.liger:
+            kw["use_liger_kernel"] = True
         return config_class(**{**kw, **method_args})
 
     def fail(self, message: str) -> NoReturn:
@@ -283,14 +339,26 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     if cfg.device == "cuda" and not cuda:
         fail(f"stage `{cfg.name}` asks for `device = cuda`, but no CUDA device is visible")
-    bf16 = cuda and torch.cuda.is_bf16_supported() and cfg.precision in ("auto", "bf16")
-    model, tok = load_model(Path(inputs["model"]))
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    lora = isinstance(cfg.adapter, Lora)
+    precision = memory.resolve_precision(cfg.dtype, cfg.precision, cfg.quantize, not lora,
+                                         "cuda" if cuda else "cpu", bf16_ok)
+    require_device(cfg, cuda, bf16_ok, precision)
+    start = Path(inputs["model"])
+    _, tok = load_start(start)
     template_sha = check_template(cfg, tok, Path(inputs["data"]))
     method, options = method_of(cfg)
-    stage = Run(cfg, options, Path(inputs["data"]), work, cuda, bf16, model=model, tokenizer=tok,
-                peft_config=lora_config(cfg, model) if isinstance(cfg.adapter, Lora) else None)
-    peft_config = stage.peft_config
+    stage = Run(cfg, options, Path(inputs["data"]), work, cuda, precision, tokenizer=tok)
     data = method.dataset(stage)
+    import peft  # noqa: F401  (loaded before the base of the memory figures is taken, like
+    import trl  # noqa: F401   every other library the step uses: they are not the stage's)
+
+    peak = PeakMemory(cuda)
+    planned = preflight(cfg, start, data, tok, cuda, bf16_ok, method)
+    model = load_weights(start, cfg, precision, cuda)
+    stage.model = model
+    stage.peft_config = lora_config(cfg, model) if lora else None
+    peft_config = stage.peft_config
     log = MetricsLog(work / "metrics.jsonl")
     checkpoints = work / "checkpoints"
     if rank() == 0:
@@ -307,7 +375,14 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     log.trainer = trainer
     started = time.time()
     print(f"[formula] ready to train {started - PROCESS_START:.2f}s after the process started; {torch.get_num_threads()} threads", file=sys.stderr)
+    loaded, resident = peak.since_start(), peak.now()
+    peak.restart()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
+    measured = peak.since_start()
+    run_facts(memory={"estimate": planned.total if planned else None, "measured_peak": measured,
+                      "measured_load_peak": loaded, "resident_before_training": resident,
+                      "device": "cuda" if cuda else "cpu",
+                      "parts": planned.parts() if planned else None})
     # The trainer's own `training_loss` averages only the steps of this call; the sum (resumed
     # from the checkpoint) over every step of the run gives the whole run's mean.
     train_loss = trainer._total_loss_scalar / max(result.global_step, 1)
@@ -317,7 +392,10 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     trained = trainer.model
     if peft_config is not None:
         trained.save_pretrained(output / "adapter")
-        trained = trained.merge_and_unload()
+        if precision.weights == "nf4":
+            trained = merge_on_unquantized(start, output / "adapter", precision, trainer)
+        else:
+            trained = trained.merge_and_unload()
     trained.save_pretrained(output, safe_serialization=True)
     tok.save_pretrained(output)
     for name in ("generation_config.json",):
@@ -345,6 +423,139 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     run_facts(seconds=round(time.time() - started, 2), resumed=resume, resumed_from_step=log.resumed_step,
               tokens_per_second=round(sum(rates) / len(rates), 1) if rates else None,
               throughput=throughput)
+
+
+def merge_on_unquantized(start: Path, adapter: Path, precision: Precision, trainer):
+    """A QLoRA adapter merged into the base in its compute dtype: the trained 4-bit model is
+    dropped, the base is read again unquantized, and the saved adapter applied to it (merging
+    into 4-bit weights would store 4-bit weights that later steps cannot read)."""
+    import gc
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    trainer.model = None
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = AutoModelForCausalLM.from_pretrained(start, dtype=getattr(torch, TORCH_DTYPES[precision.compute]),
+                                                use_safetensors=True)
+    return PeftModel.from_pretrained(base, adapter).merge_and_unload()
+
+
+class PeakMemory:
+    """The step's own peak memory since it was made: on CUDA the allocator's peak; on CPU the
+    resident set's high-water mark, less what was resident then. `restart` starts the mark
+    again (after loading, whose transient peak is of file pages the kernel can drop) from the
+    same base."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        if cuda:
+            import torch
+
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self._status("VmRSS") or 0
+        self.restart()
+
+    def restart(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again here
+        except OSError:
+            pass
+
+    def now(self) -> int | None:
+        """What the step holds now, beyond the base."""
+        if self.cuda:
+            import torch
+
+            return int(torch.cuda.memory_allocated() - self.base)
+        rss = self._status("VmRSS")
+        return None if rss is None else rss - self.base
+
+    def since_start(self) -> int | None:
+        if self.cuda:
+            import torch
+
+            return int(torch.cuda.max_memory_allocated() - self.base)
+        hwm = self._status("VmHWM")
+        return None if hwm is None else hwm - self.base
+
+    @staticmethod
+    def _status(key: str) -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
+
+def longest(data: Any, tok, cap: int | None) -> int:
+    """The longest sequence the trainer will see: tokenized rows are measured; message rows
+    (preference pairs, labeled sessions) are rendered with the chat template, the prompt with
+    each of its continuations."""
+    columns = getattr(data, "column_names", None) or []
+    if "input_ids" in columns:
+        n = max((len(x) for x in data["input_ids"]), default=1)
+    else:
+        n = 1
+        rows = data.to_list() if hasattr(data, "to_list") else list(data)
+        for row in rows:
+            prompt = row.get("prompt") or []
+            for key, value in row.items():
+                if key == "prompt" or not isinstance(value, list) or not value or not isinstance(value[0], dict):
+                    continue
+                try:
+                    ids = tok.apply_chat_template(list(prompt) + list(value), tokenize=True)
+                except Exception:
+                    continue
+                ids = ids["input_ids"] if isinstance(ids, dict) else ids
+                n = max(n, len(ids))
+    return min(n, cap) if cap else n
+
+
+def preflight(cfg: Config, start: Path, data: Any, tok, cuda: bool, bf16_ok: bool, method: Method):
+    """The stage's memory estimate for its real data; the step ends here, before loading any
+    weight, when it exceeds what the device has (or FORMULA_MEMORY_LIMIT allows)."""
+    try:
+        shape = memory.Shape.from_config(json.loads((start / "config.json").read_text()))
+    except ValueError as exc:
+        print(f"[formula] no memory estimate: {exc}", file=sys.stderr)
+        return None
+    options = cfg.options if cfg.options is not None else method.Options()
+    packed = bool(getattr(options, "packing", False))
+    length = longest(data, tok, cfg.max_len)
+    setup = memory.setup_of(encode(cfg), "cuda" if cuda else "cpu", bf16_ok, length, padded=not packed,
+                            sequences=2 if method.data.name == "pairs" else 1)
+    if packed:
+        setup = dataclasses.replace(setup, batch=1, length=setup.batch * length)
+    est = memory.estimate(shape, setup)
+    if cuda:
+        import torch
+
+        free = torch.cuda.mem_get_info()[0]
+        limit = memory.memory_limit()
+        device = memory.Device("cuda", torch.cuda.get_device_name(), limit if limit is not None else free,
+                               bf16=bf16_ok, limited=limit is not None)
+    else:
+        device = memory.cpu_device()
+    message = memory.refusal(cfg.name, est, device) if rank() == 0 or cuda else None
+    if not message:
+        print(f"[formula] memory: {est.summary()} on {device.describe()}: {est.parts()}", file=sys.stderr)
+    if message and os.environ.get(memory.MEMORY_CHECK_ENV, "").lower() not in ("off", "0", "false", "no"):
+        fail(message)
+    if message:
+        print(f"[formula] {memory.MEMORY_CHECK_ENV}=off: training although {message.splitlines()[0]}",
+              file=sys.stderr)
+    return est
 
 
 def launch(cfg: Config) -> None:
