@@ -82,6 +82,30 @@ def copy_weights(cfg: Config, folder: Path, output: Path, what: str, hub: bool =
     AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False, dtype="auto").save_pretrained(output)
 
 
+def generation_config(tok, template: str, output: Path):
+    """The model's own generation settings when it has them (copied with its folder), kept whole:
+    every end-of-turn id it lists (Llama 3 lists three), its sampling defaults. The tokenizer's
+    EOS and the chat template's end-of-turn token are added to the EOS ids when missing, so
+    generation stops where an assistant turn ends; a model without settings gets those ids."""
+    import transformers
+
+    from formula.contract.templates import analyse
+
+    own = output / "generation_config.json"
+    gen = transformers.GenerationConfig.from_pretrained(output) if own.is_file() else transformers.GenerationConfig(
+        bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    eos = gen.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    end = analyse(template).end_of_turn
+    for extra in (tok.eos_token_id, tok.convert_tokens_to_ids(end) if end else None):
+        if isinstance(extra, int) and extra != tok.unk_token_id and extra not in ids:
+            ids.append(extra)
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tok.pad_token_id
+    return gen
+
+
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     import torch
     import transformers
@@ -118,9 +142,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     template = chat_template(cfg, inputs, tok)
     tok.chat_template = template
     tok.save_pretrained(output)
-    gen = transformers.GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                        bos_token_id=tok.bos_token_id)
-    gen.save_pretrained(output)
+    generation_config(tok, template, output).save_pretrained(output)
     (output / "metrics.json").write_text(json.dumps({"template_sha256": template_hash(template),
                                                      "vocab": len(tok)}))
 
