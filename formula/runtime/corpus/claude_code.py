@@ -144,6 +144,20 @@ def read_events(path: str, on_error: str, skipped, max_bytes: int = MAX_EVENT_BY
     return events
 
 
+def _subagents_at(folders: tuple[str, ...]) -> int:
+    return max(k for k, name in enumerate(folders) if name == "subagents")
+
+
+def project_folder(path: str) -> str:
+    """The project folder a Claude Code file lies in: a session, its subagents and a resume
+    copy always share it."""
+    p = Path(path)
+    folders = p.parts[:-1]
+    if "subagents" in folders:
+        return str(Path(*folders[:_subagents_at(folders) - 1]))
+    return str(p.parent)
+
+
 def file_kind(path: str) -> tuple[str, str | None, str | None]:
     """(kind, parent session, agent id) from where Claude Code put the file."""
     p = Path(path)
@@ -155,8 +169,7 @@ def file_kind(path: str) -> tuple[str, str | None, str | None]:
         return "compaction_agent", None, agent
     folders = p.parts[:-1]
     if "subagents" in folders:  # 2.1: <session>/subagents/[workflows/<run>/]agent-<id>.jsonl
-        last = max(k for k, name in enumerate(folders) if name == "subagents")
-        return "subagent", folders[last - 1], agent
+        return "subagent", folders[_subagents_at(folders) - 1], agent
     return "subagent", None, agent  # 2.0: flat beside the session; parent from its events
 
 

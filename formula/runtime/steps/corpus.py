@@ -89,16 +89,6 @@ def _read_chunk(job: tuple[list[str], Reading]) -> tuple[list[Session], claude_c
     return found, stats, skipped.items, report
 
 
-def _project_of(path: str) -> str:
-    """The folder a Claude Code file belongs to: a `--resume` copy and its original, and a
-    session and its subagents, always share it."""
-    p = Path(path)
-    if "subagents" in p.parts[:-1]:
-        last = max(k for k, name in enumerate(p.parts[:-1]) if name == "subagents")
-        return str(Path(*p.parts[:last - 1]))
-    return str(p.parent)
-
-
 def workers() -> int:
     return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 16)
 
@@ -110,7 +100,7 @@ def read_claude_code(files: list[str], reading: Reading, loaded: Loaded) -> list
     of processes."""
     groups: dict[str, list[str]] = {}
     for f in files:
-        groups.setdefault(_project_of(f), []).append(f)
+        groups.setdefault(claude_code.project_folder(f), []).append(f)
     procs = workers()
     target = max(1, -(-len(files) // (procs * 4)))
     jobs, current = [], []
