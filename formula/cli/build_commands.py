@@ -176,9 +176,16 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
               "training, export and eval steps land with their own issues (see README).",
               file=sys.stderr)
         return EXIT_ERRORS
+    from formula.runtime import tracking
+
+    try:
+        tracking_env = tracking.build_env(tracking.parse(ns.report_to), store.root, plan_.name)
+    except tracking.TrackingError as exc:
+        print(f"formula build: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.time()
     progress, ctx = progress_factory(steps)
-    builder = Builder(graph, store, ns.formula, jobs=ns.jobs, progress=progress)
+    builder = Builder(graph, store, ns.formula, jobs=ns.jobs, progress=progress, env=tracking_env)
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
     _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
@@ -590,6 +597,10 @@ def add_commands(sub) -> None:
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: one build per combination of comma-separated override values")
     p.add_argument("--plain", action="store_true", help="one line per event instead of a live table")
+    p.add_argument("--report-to", default=os.environ.get("FORMULA_REPORT_TO", "none"), metavar="TRACKERS",
+                   help="send training metrics to these trackers too (comma-separated: mlflow, "
+                        "tensorboard, trackio, wandb, ...; default none, or $FORMULA_REPORT_TO); "
+                        "changes no step key")
     formula_command("explain", "everything about one step: inputs, key, why it runs, config",
                     cmd_explain, step=True)
     p = formula_command("graph", "print the step graph", cmd_graph)

@@ -334,7 +334,9 @@ class Builder:
                 "work": str(work), "facts": str(facts_path),
                 "hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None,
                           "job": {"chdir": False}}})
-            task = Task(name, module, run_dir, "step", log, self.env)
+            # Every step knows its name and key (a tracker names its run after them).
+            task = Task(name, module, run_dir, "step", log,
+                        {**(self.env or {}), "FORMULA_STEP": name, "FORMULA_STEP_KEY": key})
             upstream = [self.store.object_path(keyed.components["inputs"][inp]) for inp in spec.deps]
             before = {p: _listing(p) for p in upstream}
             started = time.time()

@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 from formula.contract.config import decode, encode
 from formula.contract.steps import Lora, TrainConfig
 from formula.methods import METHODS, Method
-from formula.runtime import memory
+from formula.runtime import memory, tracking
 from formula.runtime.memory import Precision
 from formula.runtime.step import fail, run_facts, step_entry
 
@@ -294,7 +294,7 @@ class Run:
                   warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
                   max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, logging_first_step=True,
                   save_strategy="steps",
-                  save_steps=cfg.save_every, save_total_limit=2, report_to="none", use_cpu=not cuda,
+                  save_steps=cfg.save_every, save_total_limit=2, use_cpu=not cuda,
                   bf16=self.precision.autocast == "bf16", fp16=self.precision.autocast == "f16",
                   gradient_checkpointing=cfg.gradient_checkpointing,
                   dataloader_num_workers=0, include_num_input_tokens_seen="all",
@@ -302,6 +302,7 @@ class Run:
                   disable_tqdm=False, max_length=cfg.max_len)
         if cfg.liger:
             kw["use_liger_kernel"] = True
+        kw.update(tracking.trainer_args())  # report_to: "none" unless the build asked
         return config_class(**{**kw, **method_args})
 
     def fail(self, message: str) -> NoReturn:
