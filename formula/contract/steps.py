@@ -41,6 +41,11 @@ class HubSource:
     TAG: ClassVar[str] = "hub_source"
     id: str
     revision: str = "main"
+    # From the formula's lock file (formula/contract/hublock.py): the commit the revision was
+    # pinned to and the files the model needs there, so a moved revision changes no key until
+    # the pin moves. Empty where the formula has no lock entry yet.
+    commit: str = optional_key("")
+    files: tuple[str, ...] = optional_key(())
 
 
 @dataclass(frozen=True)

@@ -634,7 +634,8 @@ def _shape_of(model_spec: Any, built: Path | None) -> tuple[Shape | None, str]:
         if cfg is None:
             return None, f"no config.json in {src['dir']}"
     if cfg is None and kind == "hub_source":
-        cfg = read_config(cached_hub_file(src["id"], src.get("revision", "main"), "config.json"))
+        cfg = read_config(cached_hub_file(src["id"], src.get("commit") or src.get("revision", "main"),
+                                          "config.json"))  # the pinned commit where the lock has one
         if cfg is None:
             return None, (f"{src['id']}@{src.get('revision', 'main')} is not in the Hugging Face cache "
                           f"({hub_cache()}); its config.json is fetched at build time")

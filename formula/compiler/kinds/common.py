@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from .. import ast, plan
 from ..diagnostics import Diagnostic
 from ..evaluate import INVALID, Evaluator
-from ..resolve import BlockDef
+from ..resolve import BlockDef, Program
 from ..source import Span
 
 
@@ -26,6 +26,7 @@ class Checked:
 
 
 class Checker(Protocol):
+    program: Program  # its root is the formula being checked or built (its lock file is beside it)
     checked: dict[int, Checked]
     ev: Evaluator
     diags: list[Diagnostic]  # warnings are appended here as they are

@@ -4,9 +4,10 @@ named template, and the template fits the tokenizer where both are known without
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
-from formula.contract import templates, weights
+from formula.contract import hublock, templates, weights
 from formula.methods import METHODS
 
 from .. import plan
@@ -24,7 +25,8 @@ def build(ck: Checker, c: Checked) -> plan.ModelPlan | None:
         return None
     source: plan.ModelSource
     if src.name == "hub":
-        source = plan.HubSource(src.args["id"], src.args["revision"])
+        source = _pinned(ck, plan.HubSource(src.args["id"], src.args["revision"]),
+                         c.nodes["from"].value.span)
     elif src.name == "path":
         source = plan.PathSource(ck.path(b, src.args["dir"]))
     else:
@@ -60,7 +62,8 @@ def build(ck: Checker, c: Checked) -> plan.ModelPlan | None:
         if tok.name == "train_bpe":
             tokenizer = plan.TrainedTokenizer(tok.args["corpus"].block.qualified, tok.args["vocab"])
         elif tok.name == "hub":
-            tokenizer = plan.HubSource(tok.args["id"], tok.args["revision"])
+            tokenizer = _pinned(ck, plan.HubSource(tok.args["id"], tok.args["revision"]),
+                                c.nodes["tokenizer"].value.span)
         else:
             tokenizer = plan.PathSource(ck.path(b, tok.args["dir"]))
     else:
@@ -93,6 +96,27 @@ def build(ck: Checker, c: Checked) -> plan.ModelPlan | None:
             return None
     return plan.ModelPlan(name=b.qualified, source=source, tokenizer=tokenizer, template=template,
                           dtype=v["dtype"], origin=ck.origin(b), allow_pickle=v["allow_pickle"])
+
+
+def _pinned(ck: Checker, source: plan.HubSource, span: Span) -> plan.HubSource:
+    """A hub model with the commit and files its lock entry pins (formula/contract/hublock.py).
+    No lock file: unpinned, and `formula build` pins it. A lock without this model: stale."""
+    path = hublock.lock_path(ck.program.root.path)
+    try:
+        pins = hublock.read(path)
+    except hublock.LockError as exc:
+        ck.err("bad-lock", str(exc), span, "this hub model is pinned there",
+               help="`formula lock FORMULA` writes the lock file again")
+        return source
+    pin = pins.get((source.id, source.revision)) if pins is not None else None
+    if pin is None:
+        if pins is not None:
+            ck.diags.append(warning(
+                "stale-lock", f"`{source.id}` at `{source.revision}` is not pinned in "
+                f"{templates.shown(path)}", span, "not in the lock file",
+                help="`formula lock FORMULA` pins it to a commit (`formula build` does too, and says so)"))
+        return source
+    return replace(source, commit=pin.commit, files=pin.names)
 
 
 def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: plan.ModelSource,

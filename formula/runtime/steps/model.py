@@ -9,7 +9,7 @@ from pathlib import Path
 
 from formula.contract.steps import (FileTemplate, HubSource, InitSource, ModelConfig, NamedTemplate,
                                     PathSource, TrainedTokenizer)
-from formula.contract import weights
+from formula.contract import hublock, weights
 from formula.contract.templates import NAMED, render_problem, template_hash
 from formula.runtime.step import fail, step_entry
 from formula.runtime.steps import typed
@@ -30,7 +30,7 @@ def load_tokenizer(cfg: Config, inputs: dict[str, Path], weights: Path | None):
     if isinstance(t, (TrainedTokenizer, PathSource)):
         return AutoTokenizer.from_pretrained(inputs["tokenizer"])
     if isinstance(t, HubSource):
-        return AutoTokenizer.from_pretrained(t.id, revision=t.revision)
+        return AutoTokenizer.from_pretrained(hub_snapshot(cfg, t, tokenizer_only=True)[0])
     if weights is None:
         fail(f"model `{cfg.name}` has no tokenizer of its own")
     return AutoTokenizer.from_pretrained(weights)
@@ -58,7 +58,7 @@ def checked_template(cfg: Config, text: str, where: str) -> str:
     return text
 
 
-def copy_weights(cfg: Config, folder: Path, output: Path, what: str, hub: bool = False) -> None:
+def copy_weights(cfg: Config, folder: Path, output: Path, what: str) -> None:
     """A model folder into the output with its weights as safetensors (formula/contract/weights.py):
     pickle files are never copied; a model with pickle weights only is refused, or with
     `allow_pickle = true` read once (torch's weights_only loader) and stored as safetensors."""
@@ -70,9 +70,7 @@ def copy_weights(cfg: Config, folder: Path, output: Path, what: str, hub: bool =
                   "they are left out, its safetensors are used", flush=True)
         return
     if not pickles:
-        fail(f"model `{cfg.name}`: {what} holds no safetensors weights" +
-             (" (pickle weights such as pytorch_model.bin are not downloaded unless the model sets "
-              "`allow_pickle = true`)" if hub and not cfg.allow_pickle else ""))
+        fail(f"model `{cfg.name}`: {what} holds no safetensors weights")
     if not cfg.allow_pickle:
         fail(f"model `{cfg.name}`: " + weights.refusal(what, pickles, cfg.name))
     from transformers import AutoModelForCausalLM
@@ -80,6 +78,67 @@ def copy_weights(cfg: Config, folder: Path, output: Path, what: str, hub: bool =
     print(f"model `{cfg.name}`: reading the pickle weights {', '.join(pickles)} (allow_pickle = true) "
           "and storing them as safetensors", flush=True)
     AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False, dtype="auto").save_pretrained(output)
+
+
+def hub_snapshot(cfg: Config, src: HubSource, tokenizer_only: bool = False) -> tuple[Path, list[str]]:
+    """The Hugging Face cache's snapshot of a hub model at its pinned commit, with the files the
+    model needs (or its tokenizer's only) fetched into it, and their names. Pickle weights are
+    refused before anything is downloaded unless the model allows them."""
+    from formula.runtime import hub
+
+    commit, names = src.commit, list(src.files)
+    if not commit:
+        print(f"model `{cfg.name}`: {src.id}@{src.revision} has no lock entry; resolving it now "
+              "(`formula lock` pins it, so that a moved revision changes nothing unnoticed)", flush=True)
+        try:
+            pin, _ = hub.resolve(src.id, src.revision)
+        except hub.HubError as exc:
+            fail(f"model `{cfg.name}`: {exc}")
+        commit, names = pin.commit, list(pin.names)
+    what = f"hub model {src.id}@{src.revision} ({commit[:12]})"
+    if tokenizer_only:
+        names = hublock.tokenizer_files(tuple(names))
+    elif not any(n.endswith(".safetensors") for n in names):
+        pickles = [n for n in names if n.endswith(weights.PICKLE_SUFFIXES)]
+        if not pickles:
+            fail(f"model `{cfg.name}`: {what} holds no safetensors weights")
+        if not cfg.allow_pickle:
+            fail(f"model `{cfg.name}`: " + weights.refusal(what, pickles, cfg.name))
+        print(f"model `{cfg.name}`: warning: {what} has pickle weights only ({', '.join(pickles)}); "
+              "fetching them (allow_pickle = true)", flush=True)
+    try:
+        return hub.fetch(src.id, commit, names), names
+    except hub.HubError as exc:
+        fail(f"model `{cfg.name}`: {exc}")
+
+
+def hub_files(cfg: Config, snapshot: Path, names: list[str], output: Path) -> list[str]:
+    """A hub model's files into the output, but for its safetensors weights, which are returned
+    to be shared with the cache once nothing else is written (`share_weights`). Pickle weights
+    (allowed) are read once and stored as safetensors."""
+    later = []
+    for name in names:
+        if name.endswith(".safetensors"):
+            later.append(name)
+        elif not name.endswith(weights.PICKLE_SUFFIXES):
+            shutil.copyfile(snapshot / name, output / name)
+    if not later:
+        from transformers import AutoModelForCausalLM
+
+        print(f"model `{cfg.name}`: reading the pickle weights and storing them as safetensors", flush=True)
+        AutoModelForCausalLM.from_pretrained(snapshot, use_safetensors=False, dtype="auto").save_pretrained(output)
+    return later
+
+
+def share_weights(cfg: Config, snapshot: Path, names: list[str], output: Path) -> None:
+    """Last, after every file the step writes: a linked file is never written to
+    (formula/runtime/hub.py says why a link is safe in the store)."""
+    from formula.runtime import hub
+
+    shared = hub.Shared()
+    for name in names:
+        hub.share(snapshot / name, output / name, shared)
+    print(f"model `{cfg.name}`: weights {shared.describe()}", flush=True)
 
 
 def generation_config(tok, template: str, output: Path):
@@ -111,6 +170,7 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     import transformers
 
     src = cfg.source
+    linked: list[str] = []
     if isinstance(src, InitSource):
         tok = load_tokenizer(cfg, inputs, None)
         config_cls, model_cls = (getattr(transformers, n) for n in ARCHS[src.arch])
@@ -129,22 +189,18 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
         copy_weights(cfg, folder, output, f"the model folder {folder}")
         tok = load_tokenizer(cfg, inputs, folder)
     else:
-        from huggingface_hub import snapshot_download
-
         assert isinstance(src, HubSource)
-        try:
-            snapshot = snapshot_download(src.id, revision=src.revision,
-                                         ignore_patterns=None if cfg.allow_pickle else list(weights.PICKLE_PATTERNS))
-        except Exception as exc:  # network, auth or a missing repository: the user's to fix
-            fail(f"model `{cfg.name}`: cannot fetch {src.id}@{src.revision} from the hub: {exc}")
-        copy_weights(cfg, Path(snapshot), output, f"hub model {src.id}@{src.revision}", hub=True)
-        tok = load_tokenizer(cfg, inputs, Path(snapshot))
+        snapshot, names = hub_snapshot(cfg, src)
+        linked = hub_files(cfg, snapshot, names, output)
+        tok = load_tokenizer(cfg, inputs, snapshot)
     template = chat_template(cfg, inputs, tok)
     tok.chat_template = template
     tok.save_pretrained(output)
     generation_config(tok, template, output).save_pretrained(output)
     (output / "metrics.json").write_text(json.dumps({"template_sha256": template_hash(template),
                                                      "vocab": len(tok)}))
+    if linked:
+        share_weights(cfg, snapshot, linked, output)
 
 
 main = step_entry(None, typed(Config, run))
