@@ -51,6 +51,9 @@ def _compile(formula: str, overrides: list[str]):
         return read_file(path)
 
     result = compile_formula(formula, overrides, read=recording_read)
+    from formula.contract.hublock import lock_path
+
+    read.append(lock_path(formula))  # its pins are in the step configs
     rendered = render_text(list(result.diagnostics)) + "\n" if result.diagnostics else ""
     if result.diagnostics:
         print(render_text(list(result.diagnostics), color=_use_color(sys.stderr)) + "\n", file=sys.stderr)
@@ -163,9 +166,20 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     from formula.runtime.build import Builder
     from formula.runtime.progress import PlainProgress
 
+    from formula.cli import lock
+
+    if ns.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub here and in every step
     prepared = _prepare(ns, overrides)
     if isinstance(prepared, int):
         return prepared
+    if lock.unpinned(prepared[1]):  # like cargo: a build pins what the lock file lacks, and says so
+        if not lock.update(ns.formula, lock.hub_models(prepared[1].steps.values()), upgrade=False,
+                           prune=False, who="formula build"):
+            return EXIT_ERRORS
+        prepared = _prepare(ns, overrides)
+        if isinstance(prepared, int):
+            return prepared
     plan_, graph, store, force, only = prepared
     steps = [n for n in graph.order() if not only or n in graph.closure(only)]
     missing = Builder(graph, store, ns.formula).missing_implementations(set(steps))
@@ -597,6 +611,8 @@ def add_commands(sub) -> None:
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: one build per combination of comma-separated override values")
     p.add_argument("--plain", action="store_true", help="one line per event instead of a live table")
+    p.add_argument("--offline", action="store_true",
+                   help="hub models from the Hugging Face cache only, at their pinned commits (as HF_HUB_OFFLINE=1)")
     p.add_argument("--report-to", default=os.environ.get("FORMULA_REPORT_TO", "none"), metavar="TRACKERS",
                    help="send training metrics to these trackers too (comma-separated: mlflow, "
                         "tensorboard, trackio, wandb, ...; default none, or $FORMULA_REPORT_TO); "
@@ -622,6 +638,9 @@ def add_commands(sub) -> None:
                     overrides=False, description="Write the Markdown report of the latest build "
                     "(steps, checks, curves) and print its path.")
     from formula.cli.data import add_command as add_data_command
+    from formula.cli.lock import add_command as add_lock_command
+
+    add_lock_command(sub)
 
     add_data_command(sub, _compile)
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
