@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from formula.contract.graph import FileInput, Graph, StepSpec
+from formula.contract.graph import FileInput, Graph, StepSpec, TaggedInput
 from formula.runtime.hashing import digest_bytes
 from formula.runtime.store import write_json_atomic
 
@@ -55,7 +55,8 @@ def load(store_root: Path, formula: str, overrides: list[str]) -> tuple[str, Gra
     if any(_file_digest(p) != d for p, d in entry["files"].items()):
         return None
     steps = {s["name"]: StepSpec(s["name"], s["kind"], s["config"], s["deps"],
-                                 {k: FileInput(**v) for k, v in s["files"].items()}, s["origin"])
+                                 {k: FileInput(**v) for k, v in s["files"].items()}, s["origin"],
+                                 {k: TaggedInput(**v) for k, v in s.get("tagged", {}).items()})
              for s in entry["steps"]}
     return entry["name"], Graph(steps), entry["warnings"]
 
@@ -64,7 +65,9 @@ def save(store_root: Path, formula: str, overrides: list[str], files: list[str],
          graph: Graph, warnings: str) -> None:
     steps = [{"name": s.name, "kind": s.kind, "config": s.config, "deps": s.deps,
               "files": {k: {"pattern": v.pattern, "is_glob": v.is_glob} for k, v in s.files.items()},
-              "origin": s.origin} for s in graph.steps.values()]
+              "origin": s.origin,
+              "tagged": {k: {"tag": v.tag, "step": v.step} for k, v in s.tagged.items()}}
+             for s in graph.steps.values()]
     write_json_atomic(_entry_path(store_root, formula, overrides), {
         "files": {p: _file_digest(p) for p in sorted(set(files))}, "name": name,
         "steps": steps, "warnings": warnings})

@@ -23,6 +23,15 @@ class FileInput:
 
 
 @dataclass(frozen=True)
+class TaggedInput:
+    """The output of step `step` in the build named `tag` (`formula tag`): an earlier build's
+    artifact, found in the store when the step is keyed, and keyed by its digest."""
+
+    tag: str
+    step: str
+
+
+@dataclass(frozen=True)
 class StepSpec:
     name: str                      # unique in the graph: "train.sft", "gguf.gguf.q8_0"
     kind: str                      # selects the implementation: "train"
@@ -30,6 +39,7 @@ class StepSpec:
     deps: dict[str, str] = field(default_factory=dict)         # input name → upstream step
     files: dict[str, FileInput] = field(default_factory=dict)  # input name → data on disk
     origin: str = ""               # file:line of the block it comes from
+    tagged: dict[str, TaggedInput] = field(default_factory=dict)  # input name → a tagged build's output
 
 
 class GraphError(Exception):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from .codehash import code_identity
 from .executor import Executor, Finished, LocalExecutor, Task
-from formula.contract.graph import FileInput, Graph, StepSpec
+from formula.contract.graph import FileInput, Graph, StepSpec, TaggedInput
 from .hashing import Hasher, digest_bytes, glob_base
 from .step import describe_filesystem, describe_os_error, nearly_full
 from .store import Damage, LockHolder, Store, write_json_atomic
@@ -36,6 +36,10 @@ KEY_FORMAT = 1
 
 CACHED, REUSED, BUILT, FAILED, SKIPPED, RUNNING, WAITING, QUEUED, INTERRUPTED = (
     "cached", "reused", "built", "failed", "skipped", "running", "waiting", "queued", "interrupted")
+
+
+class TagError(Exception):
+    """A tagged build's output that a step reads is not in the store."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -142,6 +146,9 @@ class Builder:
         for name, dep in sorted(spec.deps.items()):
             inputs[name] = upstream[dep]
             paths[name] = str(self.store.object_path(upstream[dep]))
+        for name, t in sorted(spec.tagged.items()):
+            inputs[name] = self.tagged_output(t)
+            paths[name] = str(self.store.object_path(inputs[name]))
         for name, fi in sorted(spec.files.items()):
             with self._hash_lock:
                 if fi.is_glob:
@@ -158,6 +165,24 @@ class Builder:
                       "libs": dict(libs), "config": canonical(spec.config), "inputs": inputs}
         return Keyed(spec, digest_bytes(canonical_json(components).encode()), components, files,
                      paths, watched)
+
+    def tagged_output(self, t: TaggedInput) -> str:
+        """The output digest of step `t.step` in the build tagged `t.tag`."""
+        build = self.store.tags().get(t.tag)
+        if build is None:
+            raise TagError(f"no build is tagged `{t.tag}` in {self.store.root}: build the version "
+                           f"to compare with and name it with `formula tag {t.tag} FORMULA`")
+        key = build.get("steps", {}).get(t.step)
+        record = self.store.action(key) if key else None
+        if record is None:
+            raise TagError(f"the build tagged `{t.tag}` ({build.get('formula', '?')}) has no "
+                           f"stored output of {t.step}" + ("" if key else ": it has no such step")
+                           + f"; build that version again and `formula tag {t.tag} FORMULA`")
+        damage = self.store.damage(record["output"])
+        if damage:
+            raise TagError(f"the output of {t.step} in the build tagged `{t.tag}` is damaged ("
+                           + "; ".join(f"{f}: {w}" for f, w in damage[:3]) + ")")
+        return record["output"]
 
     # --- running -----------------------------------------------------------------------------
 
@@ -212,6 +237,10 @@ class Builder:
                         result.outcomes[name] = Outcome(name, FAILED, error="cannot read its input: "
                                                         + describe_os_error(exc))
                         self.progress.state(name, FAILED, "cannot read its input")
+                        continue
+                    except TagError as exc:
+                        result.outcomes[name] = Outcome(name, FAILED, error=str(exc))
+                        self.progress.state(name, FAILED, "a tagged build is missing")
                         continue
                     keys[name] = keyed.key
                     record = self.store.action(keyed.key)
@@ -337,7 +366,8 @@ class Builder:
             # Every step knows its name and key (a tracker names its run after them).
             task = Task(name, module, run_dir, "step", log,
                         {**(self.env or {}), "FORMULA_STEP": name, "FORMULA_STEP_KEY": key})
-            upstream = [self.store.object_path(keyed.components["inputs"][inp]) for inp in spec.deps]
+            upstream = [self.store.object_path(keyed.components["inputs"][inp])
+                        for inp in (*spec.deps, *spec.tagged)]
             before = {p: _listing(p) for p in upstream}
             started = time.time()
             finished = self.executor.run(task)
@@ -373,6 +403,8 @@ class Builder:
                 digest, replaced = self.store.commit_output(out, replace=forced)
                 lineage = {inp: {"step": dep, "output": keyed.components["inputs"][inp]}
                            for inp, dep in spec.deps.items()}
+                lineage.update({inp: {"step": t.step, "tag": t.tag, "output": keyed.components["inputs"][inp]}
+                                for inp, t in spec.tagged.items()})
                 self.store.record(key, {
                     "format": KEY_FORMAT, "key": key, "step": name, "kind": spec.kind,
                     "module": module, "output": digest, "components": keyed.components,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from .build import Builder, Keyed
+from .build import Builder, Keyed, TagError
 from formula.contract.graph import Graph
 from .store import Store
 
@@ -62,6 +62,10 @@ def reasons(new: Keyed, old: dict | None, graph: Graph) -> list[str]:
         if name in spec.deps:
             out.append(f"input `{name}` changed: {spec.deps[name]} produced different output")
             continue
+        if name in spec.tagged:
+            t = spec.tagged[name]
+            out.append(f"input `{name}` changed: the build tagged `{t.tag}` holds another {t.step}")
+            continue
         was, now = old.get("files", {}).get(name, {}), new.files.get(name, {})
         added = sorted(set(now) - set(was))
         removed = sorted(set(was) - set(now))
@@ -94,7 +98,11 @@ def plan(builder: Builder, graph: Graph, store: Store, formula: str,
                     f"input from {d}, which will run (stays cached if {d}'s output is unchanged)"
                     for d in sorted(set(waiting))]))
                 continue
-            keyed = builder.key(spec, outputs, hasher)
+            try:
+                keyed = builder.key(spec, outputs, hasher)
+            except TagError as exc:
+                out.append(PlannedStep(name, "run", "", [f"will fail: {exc}"]))
+                continue
             record = store.action(keyed.key)
             damage = store.damage(record["output"]) if record is not None else []
             if record is not None and name not in force and not damage:
