@@ -56,7 +56,8 @@ def load(store_root: Path, formula: str, overrides: list[str]) -> tuple[str, Gra
         return None
     steps = {s["name"]: StepSpec(s["name"], s["kind"], s["config"], s["deps"],
                                  {k: FileInput(**v) for k, v in s["files"].items()}, s["origin"],
-                                 {k: TaggedInput(**v) for k, v in s.get("tagged", {}).items()})
+                                 {k: TaggedInput(**v) for k, v in s.get("tagged", {}).items()},
+                                 s.get("resources", {}))
              for s in entry["steps"]}
     return entry["name"], Graph(steps), entry["warnings"]
 
@@ -66,7 +67,8 @@ def save(store_root: Path, formula: str, overrides: list[str], files: list[str],
     steps = [{"name": s.name, "kind": s.kind, "config": s.config, "deps": s.deps,
               "files": {k: {"pattern": v.pattern, "is_glob": v.is_glob} for k, v in s.files.items()},
               "origin": s.origin,
-              "tagged": {k: {"tag": v.tag, "step": v.step} for k, v in s.tagged.items()}}
+              "tagged": {k: {"tag": v.tag, "step": v.step} for k, v in s.tagged.items()},
+              "resources": s.resources}
              for s in graph.steps.values()]
     write_json_atomic(_entry_path(store_root, formula, overrides), {
         "files": {p: _file_digest(p) for p in sorted(set(files))}, "name": name,

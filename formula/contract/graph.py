@@ -40,6 +40,9 @@ class StepSpec:
     files: dict[str, FileInput] = field(default_factory=dict)  # input name → data on disk
     origin: str = ""               # file:line of the block it comes from
     tagged: dict[str, TaggedInput] = field(default_factory=dict)  # input name → a tagged build's output
+    # What the step asks of the machine that runs it (GPUs, memory, time, partition, nodes):
+    # read by cluster executors, never part of its key (where a step runs does not change it).
+    resources: dict = field(default_factory=dict)
 
 
 class GraphError(Exception):

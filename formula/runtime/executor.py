@@ -35,6 +35,7 @@ class Task:
     config_name: str
     log: Path
     env: dict[str, str] | None = None
+    resources: dict | None = None  # what a cluster executor asks for (`cluster.Resources`)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, "--config-dir", str(self.config_dir),
