@@ -1,6 +1,7 @@
 """A Hugging Face hub on localhost, at the HTTP level, for tests and benchmarks that must not use
 the network: the endpoints huggingface_hub calls to resolve a revision and fetch a file
-(`/api/models/{repo}/revision/{rev}`, `HEAD`/`GET /{repo}/resolve/{rev}/{file}`), with the
+(`/api/models/{repo}/revision/{rev}`, `HEAD`/`GET /{repo}/resolve/{rev}/{file}`, and
+`/api/models/{repo}/tree/{rev}` for snapshot_download), with the
 headers it reads (X-Repo-Commit, ETag, X-Linked-Etag, Content-Length). It counts the bytes of
 every file it serves. Point huggingface_hub at it with HF_ENDPOINT=FakeHub.url."""
 
@@ -88,7 +89,8 @@ class FakeHub:
                 return self.missing(path, body)
 
             def api(self, rest: str):
-                repo, _, rev = rest.partition("/revision/")
+                tree = "/tree/" in rest  # snapshot_download's listing (the peer in bench/hub_fetch)
+                repo, _, rev = rest.partition("/tree/" if tree else "/revision/")
                 commit = hub.repos.get(repo, {}).get(rev or "main")
                 if commit is None:
                     return self.missing(f"{repo}@{rev}", True, "RevisionNotFound" if repo in hub.repos
@@ -101,8 +103,11 @@ class FakeHub:
                         s["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                                     "pointerSize": 134}
                     siblings.append(s)
-                payload = json.dumps({"id": repo, "modelId": repo, "sha": commit.sha, "private": False,
-                                      "siblings": siblings}).encode()
+                payload = json.dumps(
+                    [{"type": "file", "path": s["rfilename"], "size": s["size"], "oid": s["blobId"],
+                      **({"lfs": {"oid": s["lfs"]["sha256"], "size": s["size"], "pointerSize": 134}}
+                         if "lfs" in s else {})} for s in siblings] if tree else
+                    {"id": repo, "modelId": repo, "sha": commit.sha, "private": False, "siblings": siblings}).encode()
                 hub.api_bytes += len(payload)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

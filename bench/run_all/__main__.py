@@ -27,6 +27,7 @@ RUNS = [
     ("gguf_convert", [], []),
     ("train_overhead", [], ["4"]),
     ("memory_estimate", [], ["--quick"]),
+    ("hub_fetch", [], ["50"]),
 ]
 
 
