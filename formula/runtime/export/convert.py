@@ -9,15 +9,15 @@ torch import) unless the weights are bf16, which numpy cannot hold.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2"}
-# Architectures whose Q and K weights llama.cpp expects in its own rotary layout.
-PERMUTE_QK = {"llama", "mistral"}
+from .families import FAMILIES, Family, FamilyError, head_dim, llama3_rope_factors, rope_parameters
+
 OUT_TYPES = ("f32", "f16", "bf16")
 
 
@@ -136,7 +136,7 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
         return json.loads(fh.read(n)), 8 + n
 
 
-def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: int) -> str:
+def _tokenizer(writer, folder: Path, config: dict, family: Family, vocab_size: int) -> str:
     tj = folder / "tokenizer.json"
     if not tj.is_file():
         raise ConvertError(f"{folder}: no tokenizer.json (only fast tokenizers are converted)")
@@ -148,7 +148,7 @@ def _tokenizer(writer, folder: Path, config: dict, model_type: str, vocab_size: 
     by_id, added = _vocabulary(spec, tj, vocab_size)
     if model.get("byte_fallback"):
         return _sentencepiece_vocab(writer, folder, spec, tj, by_id, added, vocab_size)
-    return _byte_level_vocab(writer, folder, spec, tj, model_type, by_id, added, vocab_size)
+    return _byte_level_vocab(writer, folder, spec, tj, family, by_id, added, vocab_size)
 
 
 def _vocabulary(spec: dict, tj: Path, vocab_size: int) -> tuple[dict[int, str], dict[str, dict]]:
@@ -180,11 +180,11 @@ def _tokens_and_types(by_id: dict[int, str], added: dict[str, dict], vocab_size:
     return tokens, types
 
 
-def _byte_level_vocab(writer, folder: Path, spec: dict, tj: Path, model_type: str, by_id: dict[int, str],
+def _byte_level_vocab(writer, folder: Path, spec: dict, tj: Path, family: Family, by_id: dict[int, str],
                       added: dict[str, dict], vocab_size: int) -> str:
     import gguf
 
-    pre = _pre_tokenizer(spec, model_type)
+    pre = family.pre_tokenizer or _pre_tokenizer(spec)
     tokens, types = _tokens_and_types(by_id, added, vocab_size, lambda s: gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
@@ -195,6 +195,7 @@ def _byte_level_vocab(writer, folder: Path, spec: dict, tj: Path, model_type: st
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
         raise ConvertError(f"{tj}: a BPE tokenizer without merges")
+    _end_of_turn_ids(special, folder, by_id)
     special.add_to_gguf(writer, quiet=True)
     return pre
 
@@ -233,7 +234,9 @@ def _sentencepiece_vocab(writer, folder: Path, spec: dict, tj: Path, by_id: dict
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     writer.add_add_space_prefix(space_prefix)
-    gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+    special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size)
+    _end_of_turn_ids(special, folder, by_id)
+    special.add_to_gguf(writer, quiet=True)
     return "default"
 
 
@@ -255,13 +258,43 @@ def _space_prefix(folder: Path, added: dict[str, dict]) -> bool:
     return len(after) > 1 and after[1].startswith("\u2581")
 
 
-def _pre_tokenizer(spec: dict, model_type: str) -> str:
+def end_of_turn_ids(folder: Path) -> list[int]:
+    """The ids transformers stops generating at: generation_config.json's EOS ids (the model
+    step keeps every one a model lists, with the chat template's end-of-turn token added)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = json.loads(path.read_text()).get("eos_token_id")
+    return [eos] if isinstance(eos, int) else [i for i in eos or [] if isinstance(i, int)]
+
+
+def _end_of_turn_ids(special, folder: Path, by_id: dict[int, str]) -> None:
+    """llama.cpp stops at its EOS, EOT and EOM ids (and at tokens it knows by name, such as
+    `<|eot_id|>`); transformers at every id of generation_config.json. The tokenizer's EOS stays
+    EOS; the chat template's end-of-turn token becomes EOT, and the next listed id EOM. The gguf
+    step checks afterwards that llama.cpp ends generation at every listed id."""
+    from formula.contract.templates import analyse
+
+    ids = [i for i in end_of_turn_ids(folder) if i in by_id]
+    chosen = special.special_token_ids
+    if ids and "eos" not in chosen:
+        chosen["eos"] = ids[0]
+    template = special.chat_template if isinstance(special.chat_template, str) else None
+    end = analyse(template).end_of_turn if template else None
+    end_id = next((i for i, s in by_id.items() if s == end), None) if end else None
+    rest = [i for i in ids if i != chosen.get("eos")]
+    if end_id is not None and end_id in rest:
+        rest.remove(end_id)
+        rest.insert(0, end_id)
+    for kind, tid in zip(("eot", "eom"), rest):
+        chosen[kind] = tid
+
+
+def _pre_tokenizer(spec: dict) -> str:
     """llama.cpp's name for the pre-tokenizer; it splits text before BPE, so a wrong one
     tokenizes differently without failing."""
     pre = spec.get("pre_tokenizer") or {}
     kinds = [p.get("type") for p in pre.get("pretokenizers", [pre])]
-    if model_type == "qwen2":
-        return "qwen2"
     if kinds == ["ByteLevel"] and pre.get("use_regex", True):
         return "gpt-2"
     if "Split" in kinds:
@@ -275,33 +308,57 @@ def _pre_tokenizer(spec: dict, model_type: str) -> str:
 
 def convert(folder: Path, out: Path, out_type: str = "f16") -> Converted:
     """Write `folder` as a GGUF at `out`. Raises ConvertError for what it cannot convert."""
+    try:
+        return _convert(Path(folder), Path(out), out_type)
+    except FamilyError as e:
+        raise ConvertError(f"{folder}: {e}") from None
+
+
+def _rope(writer, folder: Path, config: dict, arch_name: str) -> dict[str, np.ndarray]:
+    """The rotary settings: the base frequency, and a scaling llama.cpp has; the extra tensors
+    a scaling needs (Llama 3's `rope_freqs`)."""
+    import gguf
+
+    rope = rope_parameters(config)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    kind = (rope.get("rope_type") or "default").lower()
+    if kind == "default":
+        return {}
+    if kind == "llama3":
+        return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": llama3_rope_factors(config)}
+    if kind == "linear" and rope.get("factor"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        return {}
+    raise ConvertError(f"{folder}: rope scaling `{kind}` is not converted for {arch_name} "
+                       "(converted: default, llama3, linear)")
+
+
+def _convert(folder: Path, out: Path, out_type: str) -> Converted:
     import gguf
 
     if out_type not in OUT_TYPES:
         raise ConvertError(f"output type `{out_type}`: choose one of {', '.join(OUT_TYPES)}")
-    folder = Path(folder)
     config = _config(folder)
     model_type = config.get("model_type", "")
-    if model_type not in ARCHS:
+    family = FAMILIES.get(model_type)
+    if family is None:
         raise ConvertError(f"{folder}: model type `{model_type}` is not converted "
-                           f"(supported: {', '.join(sorted(ARCHS))})")
-    arch = getattr(gguf.MODEL_ARCH, ARCHS[model_type])
+                           f"(supported: {', '.join(sorted(FAMILIES))})")
+    arch = getattr(gguf.MODEL_ARCH, family.arch)
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     layers = config["num_hidden_layers"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     hidden = config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // heads
-    rope = config.get("rope_parameters") or {}
-    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    if (rope.get("rope_type") or "default") != "default":
-        raise ConvertError(f"{folder}: rope scaling `{rope.get('rope_type')}` is not converted")
+    head = head_dim(config)
     vocab_size = config["vocab_size"]
 
     reader = _Reader(_weight_files(folder))
     names = gguf.get_tensor_name_map(arch, layers)
     tied = config.get("tie_word_embeddings", False)
-    plan: list[tuple[str, str, gguf.GGMLQuantizationType]] = []  # (hf name, gguf name, type)
+    # (hf name, or the array of a tensor the converter computes; gguf name; type; shape)
+    plan: list[tuple[str | np.ndarray, str, gguf.GGMLQuantizationType, tuple[int, ...]]] = []
     for hf_name in sorted(reader.meta, key=_layer_order):
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue
@@ -309,54 +366,81 @@ def convert(folder: Path, out: Path, out_type: str = "f16") -> Converted:
         if name is None:
             raise ConvertError(f"{folder}: tensor `{hf_name}` has no GGUF name for {arch_name}")
         _, shape = reader.meta[hf_name]
-        plan.append((hf_name, name, _out_type(name, shape, out_type)))
+        plan.append((hf_name, name, _out_type(name, shape, out_type), shape))
 
     writer = gguf.GGUFWriter(path=None, arch=arch_name)
-    writer.add_name(config.get("_name_or_path") or folder.name)
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(hidden)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != hidden // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_rope_dimension_count(family.rope_dims(config) if family.rope_dims else head)
+    if head != hidden // heads:
+        writer.add_key_length(head)
+        writer.add_value_length(head)
+    for name, arr in _rope(writer, folder, config, arch_name).items():
+        plan.insert(0, (arr, name, gguf.GGMLQuantizationType.F32, arr.shape))
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    family.metadata(writer, config)
     writer.add_vocab_size(vocab_size)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "bf16": gguf.LlamaFileType.MOSTLY_BF16}[out_type])
-    pre = _tokenizer(writer, folder, config, model_type, vocab_size)
+    pre = _tokenizer(writer, folder, config, family, vocab_size)
+    writer.add_name(_model_name(config.get("_name_or_path") or folder.name, folder))
     template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file() else None
 
     parameters = 0
-    for hf_name, name, qtype in plan:
-        _, shape = reader.meta[hf_name]
-        parameters += int(np.prod(shape))
+    for source, name, qtype, shape in plan:
+        parameters += int(np.prod(shape)) if isinstance(source, str) else 0
         nbytes = gguf.quant_shape_to_byte_shape(shape, qtype)[-1] * int(np.prod(shape[:-1]))
         raw = np.uint16 if qtype == gguf.GGMLQuantizationType.BF16 else (
             np.float16 if qtype == gguf.GGMLQuantizationType.F16 else np.float32)
         writer.add_tensor_info(name, shape, np.dtype(raw), nbytes,
                                raw_dtype=qtype if raw is np.uint16 else None)
 
-    out = Path(out)
     writer.open_output_file(out)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for hf_name, name, qtype in plan:
-        arr = reader.get(hf_name)
-        if model_type in PERMUTE_QK and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            arr = _permute(arr, heads)
-        elif model_type in PERMUTE_QK and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            arr = _permute(arr, kv_heads)
+    for source, name, qtype, _ in plan:
+        arr = source if not isinstance(source, str) else _transformed(reader.get(source), source, family,
+                                                                       heads, kv_heads)
         writer.write_tensor_data(_encode(arr, qtype).view(_BufferedWrite))
         del arr
     writer.close()
     reader.close()
     return Converted(out, len(plan), parameters, arch_name, pre, template)
+
+
+def _transformed(arr: np.ndarray, hf_name: str, family: Family, heads: int, kv_heads: int) -> np.ndarray:
+    """A tensor as llama.cpp's graph for the family reads it."""
+    if family.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        return _permute(arr, heads)
+    if family.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        return _permute(arr, kv_heads)
+    if family.norm_offset and hf_name.endswith("norm.weight"):
+        return arr.astype(np.float32) + np.float32(family.norm_offset)
+    return arr
+
+
+# llama.cpp reads Phi-3's tokenizer quirks (whitespace stripped after special tokens, which
+# Phi-3's own tokenizer does) from a model *name* containing one of these, and fails to load
+# when the vocabulary lacks Phi-3's sentencepiece tokens.
+PHI3_NAMES = ("phi-3", "phi3")
+PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _model_name(name: str, folder: Path) -> str:
+    """`general.name`, kept from triggering llama.cpp's Phi-3 tokenizer quirks for a model
+    whose tokenizer is not Phi-3's."""
+    if not any(n in name.lower() for n in PHI3_NAMES):
+        return name
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = set(spec["model"]["vocab"]) | {t["content"] for t in spec.get("added_tokens", [])}
+    if all(t in vocab for t in PHI3_TOKENS):
+        return name
+    return re.sub("phi-?3", "phi", name, flags=re.IGNORECASE)
 
 
 def _layer_order(name: str) -> tuple:

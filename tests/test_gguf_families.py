@@ -1,0 +1,157 @@
+"""GGUF for every family the converter knows (issue 15, item 5): a tiny random model of each,
+made with transformers' own config classes, converted, and run in llama.cpp against
+transformers: logits (f32 ≤ 1e-3 with an f32 KV cache, f16 ≤ 2e-2, top-1 equal), tokenization
+and chat rendering identical. Each model sets what its family is about (Llama 3 rope scaling,
+soft-capping, norm offsets, a sliding window shorter than the prompts, a local rope base,
+q/k norms, fused projections) so that converting it wrongly moves the logits far past the
+tolerance. Figures are printed (run with -s)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from test_export import CONVERSATION, PROMPTS, STRINGS, hf, hf_logits, prompt_ids  # noqa: E402
+
+from formula.runtime.export.convert import convert  # noqa: E402
+from formula.runtime.export.llama import ChatRenderer, logits, metadata, open_gguf  # noqa: E402
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# A ChatML template with the assistant span marked, as training templates are.
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
+            "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+WINDOW = 8  # a sliding window shorter than every prompt, so it shows
+LOCAL_BASE = 100.0  # Gemma 3's local rope base, far from the default 10000
+# family → (transformers config class, model class, the family's own settings)
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(tie_word_embeddings=False, sliding_window=None)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, tie_word_embeddings=True)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=16, query_pre_attn_scalar=16, attn_logit_softcapping=0.05, final_logit_softcapping=0.3,
+        sliding_window=WINDOW)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                     "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": LOCAL_BASE}})),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(tie_word_embeddings=False, sliding_window=None)),
+}
+
+
+def chat_tokenizer(special: list[str], template: str, eos: str):
+    """A byte-level BPE trained here (no hub), wrapped as transformers holds it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    inner = Tokenizer(models.BPE())
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    text = STRINGS + PROMPTS + [p.read_text()[:20000] for p in sorted(Path(__file__).parent.glob("test_*.py"))]
+    inner.train_from_iterator(text, trainers.BpeTrainer(vocab_size=600, special_tokens=special,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token=eos, pad_token=eos)
+    tok.chat_template = template
+    return tok
+
+
+def random_model(folder: Path, family: str, tok, **overrides) -> Path:
+    """A tiny random model of `family`, saved as safetensors with its tokenizer. Norm weights
+    are moved off their initial value and Q/K scaled up, so that norm offsets, q/k norms and
+    the rotary layout all move the logits when converted wrongly."""
+    import torch
+    import transformers
+
+    config_cls, model_cls, own = FAMILIES[family]
+    settings = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    settings.update(own)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**settings))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+            if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
+                p.mul_(8)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return chat_tokenizer(SPECIAL, TEMPLATE, "<|endoftext|>")
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request, tokenizer, tmp_path_factory):
+    folder = random_model(tmp_path_factory.mktemp(request.param) / "model", request.param, tokenizer)
+    return request.param, folder
+
+
+def test_the_registry_is_what_the_checker_knows():
+    from formula.formats.gguf import ARCHITECTURES
+    from formula.runtime.export.families import FAMILIES as REGISTRY
+
+    assert set(REGISTRY) == set(ARCHITECTURES) >= set(FAMILIES)
+
+
+@pytest.mark.parametrize("out_type,tolerance", [("f32", 1e-3), ("f16", 2e-2)])
+def test_family_converts_with_parity(family_model, tmp_path, out_type, tolerance):
+    family, folder = family_model
+    tok, model = hf(folder)
+    path = convert(folder, tmp_path / f"{family}-{out_type}.gguf", out_type).path
+    worst, agree = 0.0, 0
+    with open_gguf(path, logits_all=True) as llm:
+        for s in STRINGS:
+            assert llm.tokenize(s.encode(), add_bos=False, special=True) == \
+                tok(s, add_special_tokens=False)["input_ids"], s
+        for p in PROMPTS:
+            _, ids = prompt_ids(tok, p)
+            ours, theirs = logits(llm, ids), hf_logits(model, ids)
+            worst = max(worst, float(np.abs(ours[-1] - theirs[-1]).max()))
+            agree += int(ours[-1].argmax() == theirs[-1].argmax())
+            if out_type == "f32":  # every position, where near-ties of a random model are not rounded
+                assert (ours.argmax(-1) == theirs.argmax(-1)).all(), p
+        rendered = ChatRenderer(llm).ids(CONVERSATION)
+    expected = tok(tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+    print(f"\n{family} {out_type}: max abs last-position logit difference {worst:.3g} (limit {tolerance}), "
+          f"top-1 {agree}/{len(PROMPTS)}, chat of {len(expected)} ids identical: {rendered == expected}")
+    assert rendered == expected
+    assert agree == len(PROMPTS)
+    assert worst < tolerance
+
+
+def test_family_metadata(family_model, tmp_path):
+    """The keys each family is about, as llama.cpp reads them."""
+    family, folder = family_model
+    meta = metadata(convert(folder, tmp_path / "m.gguf", "f16").path)
+    arch = meta["general.architecture"]
+    config = json.loads((folder / "config.json").read_text())
+    if family == "llama":
+        reader = __import__("gguf").GGUFReader(tmp_path / "m.gguf")
+        assert "rope_freqs.weight" in {t.name for t in reader.tensors}
+    if family.startswith("gemma"):
+        assert meta[f"{arch}.attention.sliding_window"] == WINDOW
+        assert list(meta[f"{arch}.attention.sliding_window_pattern"]) == [
+            t == "sliding_attention" for t in config["layer_types"]]
+    if family == "gemma2":
+        assert meta["gemma2.attn_logit_softcapping"] == pytest.approx(0.05)
+        assert meta["gemma2.final_logit_softcapping"] == pytest.approx(0.3)
+    if family == "gemma3_text":
+        assert arch == "gemma3" and meta["gemma3.rope.freq_base_swa"] == LOCAL_BASE
+    if family == "phi3":
+        assert arch == "phi3"
