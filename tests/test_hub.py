@@ -139,6 +139,32 @@ def test_lock_pins_builds_fetch_only_what_the_model_needs_and_share_the_cache(hu
     r = cli("plan", str(f), "--only", "model.base")
     assert "cached" in r.stdout and "will run" not in r.stdout, r.stdout + r.stderr
 
+    # Rewritten in place through the cache's path (against its read-only mode): the store's seal
+    # sees the new mtime, rehashes, and will not use the object.
+    os.chmod(cached, 0o644)
+    with open(cached, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\xff" * 16)
+    r = cli("plan", str(f), "--only", "model.base")
+    assert "model.safetensors: content differs from when it was stored" in r.stdout, r.stdout + r.stderr
+
+
+def test_weights_are_copied_where_they_cannot_be_linked(tmp_path, monkeypatch):
+    from formula.runtime import hub
+
+    src = tmp_path / "blob"
+    src.write_bytes(b"w" * 1000)
+
+    def cross_device(*args):
+        raise OSError(18, "Invalid cross-device link")  # EXDEV
+
+    monkeypatch.setattr(os, "link", cross_device)
+    shared = hub.Shared()
+    hub.share(src, tmp_path / "out", shared)
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
+    assert os.stat(tmp_path / "out").st_ino != os.stat(src).st_ino
+    assert shared.linked == 0 and shared.cloned + shared.copied == 1000
+
 
 def disk_usage(*folders: Path) -> int:
     """Bytes on disk, each inode once (what `du` of the folders together says)."""
@@ -211,3 +237,15 @@ def test_pickle_only_weights_are_refused_before_any_byte_of_them(hub, tmp_path):
     r = cli("build", str(f), "--only", "model.base", "--plain")
     assert r.returncode != 0 and "allow_pickle = true" in r.stderr + r.stdout
     assert not any(k.endswith(".bin") for k in hub.served)
+
+
+def test_a_hub_tokenizer_fetches_the_tokenizer_files_only(hub, tmp_path):
+    files = tiny_repo(tmp_path / "repo")
+    sha = hub.push(REPO, files)
+    f = formula(tmp_path, FORMULA.replace('from = hub("org/tiny")',
+                                          'from      = path("repo")\n  tokenizer = hub("org/tiny")'))
+    r = cli("build", str(f), "--only", "model.base", "--plain")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"pinned {REPO}@main to {sha}" in r.stderr
+    assert sorted(k.split("/", 2)[2] for k in hub.served) == [
+        "chat_template.jinja", "config.json", "tokenizer.json", "tokenizer_config.json"]
