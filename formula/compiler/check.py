@@ -12,7 +12,7 @@ import os
 
 from formula.contract import types as T
 
-from . import ast, plan
+from . import ast, plan, resources
 from .diagnostics import Diagnostic, Label, did_you_mean, error, near_names, one_of, warning
 from .evaluate import INVALID, BlockRef, Evaluator, _kind_article
 from .kinds import BUILDERS
@@ -73,6 +73,12 @@ class _Checker:
                 if isinstance(gate, tuple):
                     gates.append((gate, member))
             elif isinstance(member, ast.SubBlock):
+                if member.name.name == "resources" and schema.kind in resources.KINDS:
+                    if "resources" in values:
+                        self.err("duplicate-field", f"`resources` is set twice in {what}",
+                                 member.name.span, "set again", help="merge them into one")
+                    values["resources"] = resources.check(self, member, block, what)
+                    continue
                 if member.name.name not in schema.sub_blocks:
                     self.err("misplaced-block", f"`{member.name.name} {{ ... }}` cannot appear "
                              f"inside {what}", member.name.span, "unexpected block",

@@ -265,7 +265,10 @@ class StageSettings:
     max_len: int | None = setting(None, Size("tokens"), "sequence length (default: the corpus's)")
     save_every: int = setting(50, Int(1), "checkpoint every N steps")
     log_every: int = setting(5, Int(1), "log metrics every N steps")
-    processes: int = setting(1, Int(1, 1024), "data-parallel processes")
+    processes: int = setting(1, Int(1, 1024), "data-parallel processes (on each node)")
+    nodes: int = setting(1, Int(1, 1024), "machines the stage trains on, `processes` on each: torchrun's "
+                         "--nnodes, its rendezvous read from Slurm's environment (build --executor slurm)",
+                         omit=True)
     device: str = setting("auto", Symbol(("auto", "cpu", "cuda"), "device"))
     precision: str = setting("auto", Symbol(("auto", "f32", "bf16", "f16"), "precision"),
                              "mixed precision (autocast): auto is the weights' half dtype on CUDA "

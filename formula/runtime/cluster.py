@@ -58,12 +58,14 @@ def step_env(task: Task) -> dict[str, str]:
 def run_step(command: list[str], env: dict[str, str], log: str) -> int:
     """Run on the worker: the step as a child process, its output appended to its log, and its
     exit status returned (negative: the signal that ended it). Interrupted (a cancelled job or
-    Ray task), it stops the step first. On node N > 0 of a multi-node job the log is `LOG.nodeN`."""
-    node = os.environ.get("SLURM_NODEID", "0")
-    path = Path(log if node == "0" else f"{log}.node{node}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Ray task), it stops the step first. On node N > 0 of a multi-node job (Slurm's SLURM_NODEID,
+    or NODE_RANK) the log is `LOG.nodeN`, and node 0 owns the output."""
     full = {**os.environ, **env}
     full.pop("FORMULA_PARENT_PID", None)
+    node = full.get("SLURM_NODEID") or full.get("NODE_RANK") or "0"
+    full["FORMULA_NODE_RANK"] = node
+    path = Path(log if node == "0" else f"{log}.node{node}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, *command[1:]]  # the worker's Python, with formula installed
     with open(path, "ab", buffering=0) as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

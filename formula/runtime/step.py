@@ -31,6 +31,7 @@ from typing import Callable, NoReturn
 
 
 PARENT_ENV = "FORMULA_PARENT_PID"
+NODE_RANK_ENV = "FORMULA_NODE_RANK"
 _facts_path: Path | None = None
 # Errors of the filesystem, not of the step: said in one line, naming the filesystem.
 FS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
@@ -39,10 +40,16 @@ FS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
              errno.EFBIG: "file too large"}
 
 
+def owns_output() -> bool:
+    """Whether this process writes the step's output: rank 0 of a multi-process step, and of a
+    multi-node one the first node's launcher (a cluster executor sets FORMULA_NODE_RANK)."""
+    return os.environ.get("RANK", os.environ.get(NODE_RANK_ENV, "0")) == "0"
+
+
 def run_facts(**facts) -> None:
     """Record facts about this run (seconds, throughput, resumed) in the step's action record
     rather than in its output. Merged across calls; rank 0 of a multi-process step writes."""
-    if _facts_path is None or os.environ.get("RANK", "0") != "0":
+    if _facts_path is None or not owns_output():
         return
     try:
         current = json.loads(_facts_path.read_text())
@@ -153,7 +160,7 @@ def step_entry(config_cls: type | None, run: Callable) -> Callable[[], None]:
                 config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), cfg.config))
             inputs = {k: Path(v) for k, v in cfg.inputs.items()}
             output = Path(cfg.output)
-            if os.environ.get("RANK", "0") == "0":  # in a multi-process step, rank 0 owns the output
+            if owns_output():
                 if output.exists():
                     shutil.rmtree(output)
                 output.mkdir(parents=True)

@@ -324,7 +324,7 @@ def method_of(cfg: TrainConfig) -> tuple[Method, Any]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
-    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+    if (cfg.processes > 1 or cfg.nodes > 1) and "WORLD_SIZE" not in os.environ:
         return launch(cfg)
     plotter = PlotHelper() if rank() == 0 else None
     try:
@@ -560,11 +560,17 @@ def preflight(cfg: Config, start: Path, data: Any, tok, cuda: bool, bf16_ok: boo
 
 
 def launch(cfg: Config) -> None:
-    """Run this step again under torch's launcher, one process per `processes`."""
+    """Run this step again under torch's launcher, `processes` per node; on several nodes, each
+    node's launcher meets the others at the rendezvous its environment names."""
+    from formula.runtime.launch import LaunchError, torchrun_args
     from formula.runtime.step import PARENT_ENV, kill_on_parent_death
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={cfg.processes}", "-m", "formula.runtime.steps.train", *sys.argv[1:]]
+    try:
+        options = torchrun_args(cfg.nodes, cfg.processes, os.environ)
+    except LaunchError as exc:
+        fail(f"stage `{cfg.name}`: {exc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", *options,
+           "-m", "formula.runtime.steps.train", *sys.argv[1:]]
     env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}  # workers' parent is the launcher
     # The launcher dies with this step, and its workers with it (they run the step harness).
     status = subprocess.call(cmd, env=env, preexec_fn=kill_on_parent_death)
