@@ -155,3 +155,83 @@ def test_family_metadata(family_model, tmp_path):
         assert arch == "gemma3" and meta["gemma3.rope.freq_base_swa"] == LOCAL_BASE
     if family == "phi3":
         assert arch == "phi3"
+
+
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                  "<|eom_id|>", "<|eot_id|>"]
+
+
+def header_template(end: str) -> str:
+    """Llama 3's chat layout, its assistant span marked, turns ended by `end`."""
+    return ("{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+            "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}" + end + "{% endgeneration %}"
+            "{% else %}{{ m.content }}" + end + "{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def stops_model(folder: Path, special: list[str], eos: str, end: str, stops: list[str]) -> tuple[Path, dict]:
+    """A tiny llama whose generation_config.json lists several end-of-turn ids, as the model
+    step leaves it for Llama 3 (<|end_of_text|>, <|eom_id|>, <|eot_id|>)."""
+    tok = chat_tokenizer(special, header_template(end), eos)
+    random_model(folder, "llama", tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    ids = {s: tok.convert_tokens_to_ids(s) for s in special}
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [ids[s] for s in stops]}))
+    return folder, ids
+
+
+def stops_at(llm, token: int) -> bool:
+    """Whether llama-cpp-python's generation ends when the model's next token is `token`
+    (every other token masked out)."""
+    from llama_cpp import LogitsProcessorList
+
+    def only(_ids, scores):
+        forced = np.full_like(scores, -np.inf)
+        forced[token] = 0.0
+        return forced
+
+    llm.reset()
+    out = llm.create_completion("hello", max_tokens=4, temperature=0.0, logits_processor=LogitsProcessorList([only]))
+    choice = out["choices"][0]
+    return choice["finish_reason"] == "stop" and choice["text"] == "" and out["usage"]["completion_tokens"] <= 1
+
+
+@pytest.mark.parametrize("names", ["llama3", "unknown to llama.cpp"])
+def test_every_end_of_turn_id_stops_llama_cpp(tmp_path, names):
+    """Llama 3's three ids land in eos/eot/eom and llama.cpp ends generation at each. With
+    names llama.cpp does not know (it also recognises `<|eot_id|>` and the like by their text),
+    the keys alone must make it stop."""
+    if names == "llama3":
+        special, eos, end, stops = LLAMA3_SPECIAL, "<|end_of_text|>", "<|eot_id|>", \
+            ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+    else:
+        special = ["<|first|>", "<|stop_a|>", "<|head|>", "<|/head|>", "<|stop_b|>", "<|stop_c|>"]
+        eos, end, stops = "<|stop_a|>", "<|stop_c|>", ["<|stop_a|>", "<|stop_b|>", "<|stop_c|>"]
+        special = [s.replace("<|head|>", "<|start_header_id|>").replace("<|/head|>", "<|end_header_id|>")
+                   for s in special]
+    folder, ids = stops_model(tmp_path / "model", special, eos, end, stops)
+    path = convert(folder, tmp_path / "m.gguf", "f32").path
+    meta = metadata(path)
+    assert meta["tokenizer.ggml.eos_token_id"] == ids[eos]
+    assert meta["tokenizer.ggml.eot_token_id"] == ids[end]  # where the template ends assistant turns
+    assert meta["tokenizer.ggml.eom_token_id"] == ids[stops[1]]
+    with open_gguf(path) as llm:
+        import llama_cpp
+
+        eog = {s for s in stops if llama_cpp.llama_vocab_is_eog(llm._model.vocab, ids[s])}
+        assert eog == set(stops)
+        assert all(stops_at(llm, ids[s]) for s in stops)
+        assert not stops_at(llm, ids["<|start_header_id|>"])  # an ordinary special token does not stop it
+    print(f"\n{names}: eos/eot/eom = {[meta[f'tokenizer.ggml.{k}_token_id'] for k in ('eos', 'eot', 'eom')]}, "
+          f"generation stops at each of {stops}")
+
+
+def test_the_gguf_step_names_end_of_turn_ids_llama_cpp_would_not_stop_at(tmp_path):
+    """Four end-of-turn ids llama.cpp does not know by name: three fit its eos/eot/eom keys, the
+    fourth cannot, and the gguf step's check says which."""
+    from formula.runtime.formats.gguf import never_stops
+
+    special = ["<|stop_a|>", "<|start_header_id|>", "<|end_header_id|>", "<|stop_b|>", "<|stop_c|>", "<|stop_d|>"]
+    stops = ["<|stop_a|>", "<|stop_b|>", "<|stop_c|>", "<|stop_d|>"]
+    folder, ids = stops_model(tmp_path / "model", special, "<|stop_a|>", "<|stop_b|>", stops)
+    path = convert(folder, tmp_path / "m.gguf", "f16").path
+    assert never_stops(path, [ids[s] for s in stops]) == [ids["<|stop_d|>"]]

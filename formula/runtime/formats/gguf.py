@@ -26,7 +26,7 @@ Config = ExportConfig  # the step's configuration: formula/contract/steps.py
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
-    from formula.runtime.export.convert import OUT_TYPES, ConvertError, convert
+    from formula.runtime.export.convert import OUT_TYPES, ConvertError, convert, end_of_turn_ids
     from formula.runtime.export.llama import metadata, tensor_types
     from formula.runtime.export.quantize import quantize
 
@@ -49,6 +49,12 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     if written != expected:
         fail(f"export `{cfg.export}` ({cfg.quant}): the chat template in {out.name} differs from "
              f"{folder_template}; the served model would not see the template it was trained with")
+    missing = never_stops(out, end_of_turn_ids(model))
+    if missing:
+        fail(f"export `{cfg.export}` ({cfg.quant}): llama.cpp would not end generation at token ids "
+             f"{missing}, which {model / 'generation_config.json'} lists as end-of-turn: a GGUF holds one "
+             "EOS, one EOT and one EOM id (and llama.cpp knows some tokens by name); list at most three "
+             "end-of-turn ids, or end assistant turns with the tokenizer's EOS")
     template_sha = hashlib.sha256(expected.encode()).hexdigest() if expected else None
     info: dict[str, Any] = {"quant": cfg.quant, "arch": converted.arch, "tokenizer_pre": converted.tokenizer_pre,
             "parameters": converted.parameters, "tensors": converted.tensors,
@@ -61,6 +67,18 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     for name in ("README.md", "lineage.json"):
         if (model / name).is_file():
             (output / name).write_bytes((model / name).read_bytes())
+
+
+def never_stops(path: Path, ids: list[int]) -> list[int]:
+    """The ids among `ids` llama.cpp does not end generation at (reads the vocabulary only)."""
+    if not ids:
+        return []
+    import llama_cpp
+
+    from formula.runtime.export.llama import open_gguf
+
+    with open_gguf(path, vocab_only=True) as llm:
+        return [i for i in ids if not llama_cpp.llama_vocab_is_eog(llm._model.vocab, i)]
 
 
 class GGUFModel:
