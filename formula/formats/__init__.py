@@ -56,6 +56,9 @@ class ExportFormat:
     file: str  # what each step writes into its output folder, e.g. "model.gguf"
     quants: dict[str, Quant]
     rules: Rules = no_rules
+    # The model families (transformers' `model_type`) its converter writes; None: any. The
+    # checker refuses an export of another family where the model's family is known.
+    architectures: tuple[str, ...] | None = None
     serve_first: tuple[str, ...] = ()  # the quants `formula serve` prefers, in order
     # The command that serves the file over the OpenAI API, or None when it cannot be served.
     serve: Callable[[Path, str, int, int], list[str]] | None = None

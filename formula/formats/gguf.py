@@ -63,4 +63,4 @@ def serve(path: Path, host: str, port: int, n_ctx: int) -> list[str]:
 
 
 FORMAT = ExportFormat(name="gguf", doc="GGUF files for llama.cpp", file="model.gguf", quants=QUANTS,
-                      rules=rules, serve_first=("q8_0", "q6_k", "q5_k_m", "q4_k_m"), serve=serve)
+                      rules=rules, architectures=ARCHITECTURES, serve_first=("q8_0", "q6_k", "q5_k_m", "q4_k_m"), serve=serve)

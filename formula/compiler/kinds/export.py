@@ -1,5 +1,6 @@
-"""`export` blocks → ExportPlan: each quant once, and the format's own rules on its quants
-(`formula/formats/<format>.py`), told the shapes of the model when it is made by init."""
+"""`export` blocks → ExportPlan: each quant once, the format's own rules on its quants
+(`formula/formats/<format>.py`), told the shapes of the model when it is made by init, and
+the model's family among those the format's converter writes, where the family is known."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from formula.formats import FORMATS
 
 from .. import ast, plan
 from ..diagnostics import Label, did_you_mean, one_of
-from ..evaluate import FuncValue
+from ..evaluate import FuncValue, model_family
 from .common import Checked, Checker, has_invalid
 
 
@@ -39,6 +40,15 @@ def build(ck: Checker, c: Checked) -> plan.ExportPlan | None:
         src = ck.checked[id(model)].values.get("from")
         if isinstance(src, FuncValue) and src.name == "init":
             shapes = {"hidden": src.args["hidden"], "ffn": src.args["ffn"]}
+        family = model_family(model, src)
+        if fmt.architectures is not None and family is not None and family not in fmt.architectures:
+            at = c.nodes["format"].value if "format" in c.nodes else b.name
+            ck.err("unsupported-family", f"`{model.name.name}` is a {family} model, which the {fmt.name} "
+                   f"converter does not write", at.span, f"no {fmt.name} for {family}",
+                   labels=[Label(model.name.span, f"a {family} model")],
+                   help=f"{fmt.name} writes {one_of(fmt.architectures)}; export another format, or "
+                        "start from a model of one of these families")
+            ok = False
     for p in fmt.rules(tuple(quants), model.name.name if model is not None else "", shapes):
         ck.err(p.code, p.message, spans.get(p.quant, node.span), p.label,
                labels=[Label(model.name.span, "model defined here")] if p.at_model and model is not None else [],
