@@ -1,7 +1,7 @@
 """The model step keeps a model's own generation settings (issue 15, item 4, first half): every
 end-of-turn id it lists and its sampling defaults survive, the tokenizer's EOS and the chat
 template's end-of-turn token join the EOS ids when missing, and a model without settings gets
-them. (That the settings reach the GGUF as llama.cpp's eot/eom ids is not done.)"""
+them. That they reach the GGUF as llama.cpp's eos/eot/eom ids: tests/test_gguf_families.py."""
 
 import json
 from pathlib import Path
