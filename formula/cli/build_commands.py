@@ -197,9 +197,17 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     except tracking.TrackingError as exc:
         print(f"formula build: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from formula.runtime.cluster import ExecutorError, make_executor
+
+    try:  # a cluster executor: submitit or Ray, imported only now
+        executor = make_executor(ns.executor, store.root)
+    except ExecutorError as exc:
+        print(f"formula build: --executor {ns.executor}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.time()
     progress, ctx = progress_factory(steps)
-    builder = Builder(graph, store, ns.formula, jobs=ns.jobs, progress=progress, env=tracking_env)
+    builder = Builder(graph, store, ns.formula, executor=executor, jobs=ns.jobs, progress=progress,
+                      env=tracking_env)
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
     _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
@@ -617,6 +625,11 @@ def add_commands(sub) -> None:
                    help="send training metrics to these trackers too (comma-separated: mlflow, "
                         "tensorboard, trackio, wandb, ...; default none, or $FORMULA_REPORT_TO); "
                         "changes no step key")
+    p.add_argument("--executor", default=os.environ.get("FORMULA_EXECUTOR", "local"), metavar="WHERE",
+                   help="where steps run: local (default, or $FORMULA_EXECUTOR), submitit (Slurm if "
+                        "there is one, else submitit's local executor), submitit:local, slurm, ray, "
+                        "ray:ADDRESS or ray://HOST:PORT; the store must be on a filesystem the "
+                        "workers share; changes no step key")
     formula_command("explain", "everything about one step: inputs, key, why it runs, config",
                     cmd_explain, step=True)
     p = formula_command("graph", "print the step graph", cmd_graph)

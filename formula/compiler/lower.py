@@ -138,7 +138,12 @@ class _Lowering:
             deps[f"needs{i}"] = self.block(need)
         config = TrainConfig(**vars(s.settings), name=name, method=s.method, data=s.data,
                              adapter=s.adapter or Full(), base_model=s.base_model, options=s.options)
-        return self.add(f"train.{name}", "train", config, deps, {}, s.origin)
+        step = self.add(f"train.{name}", "train", config, deps, {}, s.origin)
+        # What it asks of the machine that runs it, beside its configuration (not in its key).
+        resources = {**s.resources, **({"nodes": s.settings.nodes} if s.settings.nodes > 1 else {})}
+        if resources:
+            self.steps[step] = replace(self.steps[step], resources=resources)
+        return step
 
     def assemble(self, name: str) -> str:
         a = self.plan.assembles[name]

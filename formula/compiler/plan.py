@@ -93,6 +93,7 @@ class StagePlan:
     options: object  # the method's own fields: an instance of its Options
     needs: tuple[str, ...]
     origin: Origin
+    resources: dict = field(default_factory=dict)  # `resources { ... }`: not in the step's key
 
 
 @dataclass(frozen=True, kw_only=True)

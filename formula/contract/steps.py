@@ -269,6 +269,10 @@ class StageSettings:
     nodes: int = setting(1, Int(1, 1024), "machines the stage trains on, `processes` on each: torchrun's "
                          "--nnodes, its rendezvous read from Slurm's environment (build --executor slurm)",
                          omit=True)
+    sharding: str = setting("none", Symbol(("none", "fsdp"), "sharding"),
+                            "`fsdp`: weights, gradients and optimizer state sharded across the "
+                            "processes (accelerate's FSDP), for full fine-tunes that do not fit "
+                            "one device", omit=True)
     device: str = setting("auto", Symbol(("auto", "cpu", "cuda"), "device"))
     precision: str = setting("auto", Symbol(("auto", "f32", "bf16", "f16"), "precision"),
                              "mixed precision (autocast): auto is the weights' half dtype on CUDA "

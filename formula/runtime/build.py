@@ -365,7 +365,8 @@ class Builder:
                           "job": {"chdir": False}}})
             # Every step knows its name and key (a tracker names its run after them).
             task = Task(name, module, run_dir, "step", log,
-                        {**(self.env or {}), "FORMULA_STEP": name, "FORMULA_STEP_KEY": key})
+                        {**(self.env or {}), "FORMULA_STEP": name, "FORMULA_STEP_KEY": key},
+                        spec.resources)
             upstream = [self.store.object_path(keyed.components["inputs"][inp])
                         for inp in (*spec.deps, *spec.tagged)]
             before = {p: _listing(p) for p in upstream}

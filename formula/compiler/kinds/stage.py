@@ -78,7 +78,7 @@ def build(ck: Checker, c: Checked) -> plan.StagePlan | None:
                           base_model=model.qualified if model is not None else v["model"].block.qualified,
                           data=view, adapter=lora, settings=StageSettings(**{k: v[k] for k in SHARED}),
                           options=options, needs=tuple(r.block.qualified for r in v["needs"]),
-                          origin=ck.origin(b))
+                          origin=ck.origin(b), resources=dict(v.get("resources") or {}))
 
 
 def _and(names: tuple[str, ...]) -> str:
@@ -89,7 +89,9 @@ def _and(names: tuple[str, ...]) -> str:
 CUDA_ONLY = (("quantize", "nf4", "QLoRA (`quantize = nf4`) uses bitsandbytes' 4-bit CUDA kernels", "bitsandbytes"),
              ("attention", "flash_attention_2", "FlashAttention runs on CUDA only", "flash_attn"),
              ("liger", True, "Liger's kernels are Triton kernels, CUDA only", "liger_kernel"),
-             ("precision", "f16", "f16 mixed precision (its gradient scaler) is CUDA only", None))
+             ("precision", "f16", "f16 mixed precision (its gradient scaler) is CUDA only", None),
+             ("sharding", "fsdp", "accelerate shards a model across GPUs only (on CPU it trains "
+              "with DDP)", None))
 
 
 def _precision_fits(ck: Checker, c: Checked) -> bool:
@@ -122,6 +124,15 @@ def _precision_fits(ck: Checker, c: Checked) -> bool:
                 "package, which is not installed here", at(name), "needs " + package.replace("_", "-"),
                 help="the stage refuses to start on a machine without it"))
     full = v.get("adapter") == "full"
+    if v.get("sharding") == "fsdp" and not full:
+        ck.err("fsdp-needs-full", "`sharding = fsdp` shards a full fine-tune, but this stage trains a "
+               "LoRA adapter", at("sharding"), "for full fine-tuning", labels=label("adapter", "LoRA set here"),
+               help="remove `sharding` (a LoRA stage that does not fit one device fits with `quantize = nf4`)")
+        ok = False
+    elif v.get("sharding") == "fsdp" and v.get("processes") == 1 and v.get("nodes") == 1:
+        ck.diags.append(warning(
+            "shards-nothing", "`sharding = fsdp` on one process shards nothing", at("sharding"),
+            "one process", help="set `processes` to the GPUs of a node (and `nodes` for several)"))
     if v.get("quantize") == "nf4" and full:
         ck.err("qlora-needs-lora", "QLoRA trains a LoRA adapter on a frozen 4-bit base, but this stage "
                "trains every weight", at("quantize"), "a 4-bit base cannot be trained",

@@ -302,6 +302,13 @@ class Run:
                   disable_tqdm=False, max_length=cfg.max_len)
         if cfg.liger:
             kw["use_liger_kernel"] = True
+        if cfg.sharding == "fsdp":  # accelerate's FSDP plugin (FSDP2), through the trainer
+            kw["fsdp"] = True
+            kw["fsdp_config"] = {"version": 2, "reshard_after_forward": True,
+                                 "state_dict_type": "FULL_STATE_DICT",
+                                 # FSDP's own checkpointing: the trainer's would all-gather twice
+                                 "activation_checkpointing": cfg.gradient_checkpointing}
+            kw["gradient_checkpointing"] = False
         kw.update(tracking.trainer_args())  # report_to: "none" unless the build asked
         return config_class(**{**kw, **method_args})
 
@@ -324,6 +331,12 @@ def method_of(cfg: TrainConfig) -> tuple[Method, Any]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    if cfg.sharding == "fsdp":  # said once, before any process starts
+        import torch
+
+        if not (torch.cuda.is_available() and cfg.device in ("auto", "cuda")):
+            fail(f"stage `{cfg.name}`: `sharding = fsdp` needs CUDA devices (accelerate shards a model "
+                 "across GPUs only); on CPU, remove it: `processes` trains with DDP")
     if (cfg.processes > 1 or cfg.nodes > 1) and "WORLD_SIZE" not in os.environ:
         return launch(cfg)
     plotter = PlotHelper() if rank() == 0 else None
@@ -387,17 +400,23 @@ def train_stage(cfg: Config, inputs: dict[str, Path], output: Path, work: Path, 
     # The trainer's own `training_loss` averages only the steps of this call; the sum (resumed
     # from the checkpoint) over every step of the run gives the whole run's mean.
     train_loss = trainer._total_loss_scalar / max(result.global_step, 1)
+    # Sharded weights are gathered by every process (a collective), then rank 0 saves them.
+    state = trainer.accelerator.get_state_dict(trainer.model) if cfg.sharding == "fsdp" else None
     if rank() != 0:
         return
+    if state is not None:
+        print(f"[formula] trained sharded: {type(trainer.model_wrapped).__name__} across "
+              f"{trainer.accelerator.num_processes} processes", file=sys.stderr)
     print(f"[formula] trained in {time.time() - started:.2f}s", file=sys.stderr)
-    trained = trainer.model
+    trained = trainer.accelerator.unwrap_model(trainer.model) if state is not None else trainer.model
     if peft_config is not None:
         trained.save_pretrained(output / "adapter")
         if precision.weights == "nf4":
             trained = merge_on_unquantized(start, output / "adapter", precision, trainer)
         else:
             trained = trained.merge_and_unload()
-    trained.save_pretrained(output, safe_serialization=True)
+    trained.save_pretrained(output, safe_serialization=True,
+                            **({"state_dict": state} if state is not None and peft_config is None else {}))
     tok.save_pretrained(output)
     for name in ("generation_config.json",):
         src = Path(inputs["model"]) / name
