@@ -17,6 +17,7 @@ outputs of this pipeline, and over a model-sized output (16 files, 512 MiB) agai
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -107,6 +108,8 @@ def main() -> None:
         ours = base / "ours"
         (ours / "pyproject.toml").write_text("")
         (ours / "null.formula").write_text(FORMULA)
+        (ours / "null.formula.lock").write_text(json.dumps({"format": 1, "models": [{  # as `formula lock` pins it
+            "repo": "bench/none", "revision": "main", "commit": "0" * 40, "files": [{"name": "model.safetensors"}]}]}))
         env = {**os.environ, "FORMULA_STEPS": "null_steps", "PYTHONPATH": str(ROOT / "bench"), "NO_COLOR": "1"}
         env.pop("FORMULA_HOME", None)
         # As installed: byte-code caches on (this workplace's shells set PYTHONDONTWRITEBYTECODE).

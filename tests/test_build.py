@@ -68,6 +68,10 @@ class Project:
         (root / "pyproject.toml").write_text("")
         self.formula = root / "small.formula"
         self.formula.write_text(FORMULA)
+        # Its hub model pinned as `formula lock` pins one, so no build reaches for the network.
+        (root / "small.formula.lock").write_text(json.dumps({"format": 1, "models": [{
+            "repo": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main", "commit": "0" * 40,
+            "files": [{"name": "config.json"}, {"name": "model.safetensors"}]}]}))
         self.env = {**os.environ, "FORMULA_STEPS": "fake_steps", "PYTHONPATH": str(ROOT / "tests"),
                     "FAKE_RUNS_LOG": str(self.runs), "NO_COLOR": "1"}
         self.env.pop("FORMULA_HOME", None)
