@@ -17,7 +17,7 @@ from formula.formats import ExportFormat, Problem, Quant
 # The families the converter writes (transformers' `model_type`); the registry that converts
 # them is formula/runtime/export/families.py. An export of any other family is refused by the
 # checker, before anything is trained.
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3")
 
 QUANTS: dict[str, Quant] = {
     "f32": Quant(), "f16": Quant(), "bf16": Quant(),

@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .families import FAMILIES, Family, FamilyError, head_dim, llama3_rope_factors, rope_parameters
+from .families import (FAMILIES, Family, FamilyError, head_dim, language_config, language_tensor, llama3_rope_factors,
+                       rope_parameters)
 
 OUT_TYPES = ("f32", "f16", "bf16")
 
@@ -345,6 +346,7 @@ def _convert(folder: Path, out: Path, out_type: str) -> Converted:
     if family is None:
         raise ConvertError(f"{folder}: model type `{model_type}` is not converted "
                            f"(supported: {', '.join(sorted(FAMILIES))})")
+    config = language_config(config, family)
     arch = getattr(gguf.MODEL_ARCH, family.arch)
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     layers = config["num_hidden_layers"]
@@ -360,9 +362,10 @@ def _convert(folder: Path, out: Path, out_type: str) -> Converted:
     # (hf name, or the array of a tensor the converter computes; gguf name; type; shape)
     plan: list[tuple[str | np.ndarray, str, gguf.GGMLQuantizationType, tuple[int, ...]]] = []
     for hf_name in sorted(reader.meta, key=_layer_order):
-        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+        own = language_tensor(hf_name, family)
+        if own is None or own.endswith("rotary_emb.inv_freq") or (tied and own == "lm_head.weight"):
             continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        name = names.get_name(own, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ConvertError(f"{folder}: tensor `{hf_name}` has no GGUF name for {arch_name}")
         _, shape = reader.meta[hf_name]

@@ -33,7 +33,30 @@ class Family:
     metadata: Callable[[Any, dict], None] = _nothing  # the family's own keys
     rope_dims: Callable[[dict], int] | None = None  # rotated dimensions per head, if not all
     pre_tokenizer: str | None = None  # what transformers forces on this family's tokenizers
+    # A multimodal model whose language model alone is converted (llama.cpp keeps the vision
+    # tower in a separate projector file, which is not written): where its language model's
+    # tensors and settings are, and the tensors left out.
+    language_model: str | None = None  # the prefix of its tensors, e.g. "language_model."
+    left_out: tuple[str, ...] = ()  # prefixes of the tensors not converted
     notes: tuple[str, ...] = field(default=())  # where llama.cpp runs the family differently
+
+
+def language_config(config: dict, family: Family) -> dict:
+    """The settings of the model llama.cpp runs: a multimodal model's `text_config`."""
+    if family.language_model is None:
+        return config
+    return {**config, **(config.get("text_config") or {})}
+
+
+def language_tensor(name: str, family: Family) -> str | None:
+    """A tensor's name as its family's text-only model has it, or None when it is left out."""
+    if family.language_model is None:
+        return name
+    if name.startswith(family.left_out):
+        return None
+    if name.startswith(family.language_model):
+        return name[len(family.language_model):]
+    return name
 
 
 def head_dim(config: dict) -> int:
@@ -145,6 +168,8 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("QWEN3"),
     "gemma2": Family("GEMMA2", norm_offset=1.0, metadata=_gemma2),
     "gemma3_text": Family("GEMMA3", norm_offset=1.0, metadata=_gemma3),
+    "gemma3": Family("GEMMA3", norm_offset=1.0, metadata=_gemma3, language_model="language_model.",
+                     left_out=("vision_tower.", "multi_modal_projector.")),
     "phi3": Family("PHI3", metadata=_phi3, rope_dims=_phi3_rope_dims, notes=(
         "llama.cpp disables Phi-3's sliding window: with `sliding_window` set (Phi-3-mini-4k: "
         "2047) it differs from transformers beyond that many tokens",)),
