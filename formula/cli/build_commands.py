@@ -204,13 +204,23 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     except ExecutorError as exc:
         print(f"formula build: --executor {ns.executor}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from formula.cli import remote_commands
+
+    url = remote_commands.remote_url(ns)  # the shared cache, consulted before a step runs
+    remote = remote_commands.open_remote(url, store, "build", create=ns.push) if url else None
+    if url and remote is None:
+        return EXIT_ERRORS
+    if ns.push and remote is None:
+        print(f"formula build: --push needs --remote URL or ${remote_commands.REMOTE_ENV}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.time()
     progress, ctx = progress_factory(steps)
     builder = Builder(graph, store, ns.formula, executor=executor, jobs=ns.jobs, progress=progress,
-                      env=tracking_env)
+                      env=tracking_env, remote=remote)
     with ctx:
         result = builder.build(only=only, force=force, overrides=tuple(overrides), plan_name=plan_.name)
     _summary(result, time.time() - started, live=not isinstance(progress, PlainProgress))
+    pushed = remote_commands.after_build(remote, store, ns.formula, ns.push and not result.interrupted)
     if result.interrupted:
         return 128 + getattr(signal.Signals, result.interrupted, signal.SIGINT).value
     from formula.cli.report import write_report
@@ -224,7 +234,7 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
 
             print("formula: the build report could not be written: "
                   + describe_os_error(exc, exc.filename or store.root / "reports"), file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_ERRORS
+    return EXIT_OK if result.ok and pushed == EXIT_OK else EXIT_ERRORS
 
 
 def _log_tail(o) -> None:
@@ -619,6 +629,9 @@ def add_commands(sub) -> None:
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: one build per combination of comma-separated override values")
     p.add_argument("--plain", action="store_true", help="one line per event instead of a live table")
+    p.add_argument("--remote", metavar="URL", help="a shared cache (fsspec URL: folder, s3://, gs://; "
+                   "default $FORMULA_REMOTE): a step it has is downloaded, not run")
+    p.add_argument("--push", action="store_true", help="after the build, push it to the --remote cache")
     p.add_argument("--offline", action="store_true",
                    help="hub models from the Hugging Face cache only, at their pinned commits (as HF_HUB_OFFLINE=1)")
     p.add_argument("--report-to", default=os.environ.get("FORMULA_REPORT_TO", "none"), metavar="TRACKERS",
@@ -656,6 +669,9 @@ def add_commands(sub) -> None:
     add_lock_command(sub)
 
     add_data_command(sub, _compile)
+    from formula.cli.remote_commands import add_commands as add_remote_commands
+
+    add_remote_commands(sub, _compile, _store)
     p = sub.add_parser("show", help="one artifact with its lineage", description="Show one artifact: "
                        "REF is a key prefix, FORMULA:STEP or TAG:STEP.")
     p.add_argument("ref")

@@ -22,14 +22,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .codehash import code_identity
 from .executor import Executor, Finished, LocalExecutor, Task
 from formula.contract.graph import FileInput, Graph, StepSpec, TaggedInput
 from .hashing import Hasher, digest_bytes, glob_base
+from .remote import RemoteError
 from .step import describe_filesystem, describe_os_error, nearly_full
-from .store import Damage, LockHolder, Store, write_json_atomic
+from .store import Damage, LockHolder, Store, project_root, write_json_atomic
 from .steps import module_for
 
 KEY_FORMAT = 1
@@ -123,9 +124,20 @@ class Progress:
         """Something the user should know about a step that is not a change of state."""
 
 
+class RemoteCache(Protocol):
+    """A shared cache consulted before a step runs (formula/runtime/remote.py)."""
+
+    url: str
+
+    def fetch(self, key: str) -> dict | None:
+        """The step `key`'s record, its output put in the local store and verified first; None
+        when the cache has not got it. Raises RemoteError when it cannot give it whole."""
+
+
 class Builder:
     def __init__(self, graph: Graph, store: Store, formula: str, executor: Executor | None = None,
-                 jobs: int = 1, progress: Progress | None = None, env: dict[str, str] | None = None):
+                 jobs: int = 1, progress: Progress | None = None, env: dict[str, str] | None = None,
+                 remote: RemoteCache | None = None):
         self.graph = graph
         self.store = store
         self.formula = formula
@@ -133,6 +145,8 @@ class Builder:
         self.jobs = max(1, jobs)
         self.progress = progress or Progress()
         self.env = env
+        self.remote = remote
+        self._remote_notes: dict[str, list[str]] = {}
         self._hash_lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -163,7 +177,11 @@ class Builder:
             watched[name] = _absolute(fi, listing)
         components = {"format": KEY_FORMAT, "kind": spec.kind, "impl": impl,
                       "libs": dict(libs), "config": canonical(spec.config), "inputs": inputs}
-        return Keyed(spec, digest_bytes(canonical_json(components).encode()), components, files,
+        # Keyed with paths in the project relative to it (the files enter by content), so a
+        # checkout elsewhere has the same keys and the shared cache serves it.
+        project = str(project_root(Path(self.formula).resolve().parent))
+        keyed_on = {**components, "config": _relocatable(components["config"], project)}
+        return Keyed(spec, digest_bytes(canonical_json(keyed_on).encode()), components, files,
                      paths, watched)
 
     def tagged_output(self, t: TaggedInput) -> str:
@@ -265,9 +283,9 @@ class Builder:
                 for fut in done:
                     name = running.pop(fut)
                     outcome = fut.result()
-                    outcome.notes = notes.get(name, []) + outcome.notes
+                    outcome.notes = notes.get(name, []) + self._remote_notes.pop(name, []) + outcome.notes
                     result.outcomes[name] = outcome
-                    if outcome.state in (BUILT, REUSED):
+                    if outcome.state in (BUILT, REUSED, CACHED):  # CACHED: from the remote
                         outputs[name] = outcome.output
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the CLI's handler
             result.interrupted = getattr(exc, "signame", "SIGINT")
@@ -338,6 +356,21 @@ class Builder:
                                on_wait=lambda holder: self.progress.waiting(name, holder),
                                stop=self._stop)
 
+    def _fetch(self, name: str, key: str) -> Outcome | None:
+        """The step downloaded from the shared cache instead of run; None when the cache has
+        not got it, or cannot give it whole (the step then runs here, and a note says why)."""
+        assert self.remote is not None
+        try:
+            record = self.remote.fetch(key)
+        except RemoteError as exc:
+            self.progress.note(name, "remote", str(exc))
+            self._remote_notes[name] = [f"not taken from the shared cache, so built here: {exc}"]
+            return None
+        if record is None:
+            return None
+        self.progress.state(name, CACHED, f"downloaded from {self.remote.url}")
+        return Outcome(name, CACHED, key, record["output"], failed_checks=_failed(record))
+
     def _run_locked(self, keyed: Keyed, hasher: Hasher, forced: bool) -> Outcome:
         spec, key = keyed.spec, keyed.key
         name = spec.name
@@ -350,6 +383,10 @@ class Builder:
             if record is not None and not forced and self._damaged(name, record) is None:
                 self.progress.state(name, REUSED, "built by a concurrent build")
                 return Outcome(name, REUSED, key, record["output"], failed_checks=_failed(record))
+            if self.remote is not None and not forced:
+                fetched = self._fetch(name, key)
+                if fetched is not None:
+                    return fetched
             self.progress.state(name, RUNNING)
             run_dir = self.store.temp_dir(key)
             out = run_dir / "out"
@@ -473,6 +510,17 @@ class Builder:
         modified (by stat, which every edit changes). Nothing is read again."""
         return sorted(_list_files(fi)) != sorted(before) or \
             any(hasher.changed_since_hashed(p) for p in before)
+
+
+def _relocatable(value: object, project: str) -> object:
+    """A configuration with every path inside `project` written relative to it."""
+    if isinstance(value, str) and (value == project or value.startswith(project + os.sep)):
+        return "${project}" + value[len(project):]
+    if isinstance(value, dict):
+        return {k: _relocatable(v, project) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocatable(v, project) for v in value]
+    return value
 
 
 def _absolute(fi: FileInput, listing: dict[str, str]) -> list[str]:
