@@ -33,7 +33,7 @@ from .step import describe_filesystem, describe_os_error, nearly_full
 from .store import Damage, LockHolder, Store, project_root, write_json_atomic
 from .steps import module_for
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: paths inside the project are keyed relative to it
 
 CACHED, REUSED, BUILT, FAILED, SKIPPED, RUNNING, WAITING, QUEUED, INTERRUPTED = (
     "cached", "reused", "built", "failed", "skipped", "running", "waiting", "queued", "interrupted")
