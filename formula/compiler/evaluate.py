@@ -7,6 +7,7 @@ silently so that one mistake is reported once.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import json
 import os
 import re
@@ -19,7 +20,8 @@ from . import ast, plan
 from .diagnostics import (Diagnostic, Label, did_you_mean, edit_distance, error, near_names,
                           one_of, warning)
 from .resolve import BlockDef, Program, Scope, VarDef
-from .schema import METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS, SIGNIFICANT, VAR_TYPES
+from .schema import (LM_EVAL, LM_EVAL_FIGURES, METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS,
+                     SIGNIFICANT, TAGGED, VAR_TYPES, is_task_file)
 from .source import Span
 
 
@@ -51,6 +53,18 @@ class BlockRef:
     block: BlockDef
     member: str | None
     span: Span
+
+
+@dataclass(frozen=True)
+class TaggedRef:
+    """`tagged("v1")` or `tagged("v1", gguf.q8_0)` in a metric: `target` None is the eval's `on`."""
+
+    tag: str
+    target: BlockRef | None
+    span: Span
+
+
+TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _value_span(var: VarDef) -> Span:
@@ -626,7 +640,8 @@ class Evaluator:
             return INVALID
         for name, arg in given.items():
             value = args[name]
-            if (func.name, name) in LOCAL_PATHS and isinstance(value, str):
+            if (func.name, name) in LOCAL_PATHS and isinstance(value, str) and \
+                    (func.name != LM_EVAL.name or is_task_file(value)):
                 self._local_path(func.name, name, value, arg)
         return FuncValue(func.name, args, expr.span)
 
@@ -639,7 +654,7 @@ class Evaluator:
             return
         # as lowering resolves them: suites from the file that holds the eval, the rest from
         # the formula the block belongs to
-        base = block.span.source.path if func == "prompts" else block.scope.path
+        base = block.span.source.path if func in ("prompts", LM_EVAL.name) else block.scope.path
         kind, what = LOCAL_PATHS[(func, param)]
         path = os.path.normpath(os.path.join(os.path.dirname(base), value))
         if kind == "glob":
@@ -909,7 +924,11 @@ class Evaluator:
         else:
             target_expr = None
         if target_expr is not None:
-            ref = self._eval_Target(target_expr, T.Target(), scope)
+            if (isinstance(target_expr, ast.Call) and isinstance(target_expr.func, ast.Name)
+                    and target_expr.func.name == TAGGED.name):
+                ref: Any = self._tagged(target_expr, scope)  # bound to a TargetRef by kinds/eval
+            else:
+                ref = self._eval_Target(target_expr, T.Target(), scope)
             if ref is INVALID:
                 return INVALID
             target = ref
@@ -917,6 +936,8 @@ class Evaluator:
         if value is INVALID:
             return INVALID
         attrs = METRIC_ATTRS.get(func.name, ())
+        if func.name == LM_EVAL.name:
+            return self._lm_eval(expr, value, target, attr)
         if attr is None and attrs:
             return self.err("bad-check", f"`{func.name}(...)` gives several figures; pick one",
                             expr.span, "pick a figure", help=f"write `{expr.span.text}.{attrs[0]}`")
@@ -940,6 +961,35 @@ class Evaluator:
         return plan.MetricCall(func.name, target, data, tuple(sorted(rest.items())),
                                attr.name if attr is not None else None)
 
+    def _lm_eval(self, expr: ast.Call, value: FuncValue, target, attr: ast.Ident | None):
+        """`lm_eval(TASK).FIGURE`: any figure may be named (the task says which it reports, at
+        build time); the harness must be installed, and it reads model folders only."""
+        if attr is None:
+            return self.err("bad-check", "`lm_eval(...)` gives the figures its task reports; pick one",
+                            expr.span, "pick a figure", help=f"write `{expr.span.text}.acc`; tasks "
+                            f"commonly report {one_of(LM_EVAL_FIGURES)}")
+        if importlib.util.find_spec("lm_eval") is None:
+            return self.err("missing-extra", "`lm_eval` needs lm-evaluation-harness, which is not "
+                            "installed", expr.func.span, "not installed",
+                            help="install the extra: `pip install 'formula[lmeval]'`")
+        block = target.target if isinstance(target, TaggedRef) else target
+        if isinstance(block, BlockRef) and block.block.kind.name == "export":
+            return self.err("wrong-kind", "lm_eval measures a model folder, not an exported file",
+                            block.span, "an export", help="measure the folder it was exported from, "
+                            "an `assemble`, a `stage` or a `model`")
+        return plan.MetricCall(LM_EVAL.name, target, None, tuple(sorted(value.args.items())), attr.name)
+
+    def _tagged(self, expr: ast.Call, scope: Scope) -> TaggedRef | _Invalid:
+        value = self._eval_Func(expr, TAGGED, scope)
+        if value is INVALID:
+            return INVALID
+        tag = value.args["tag"]
+        if not TAG_NAME.fullmatch(tag):
+            return self.err("bad-argument", f"{_show(tag)} is not a tag name", expr.args[0].span,
+                            "not a tag", help="tags are named with letters, digits, `.`, `_` and "
+                            "`-`, as given to `formula tag NAME FORMULA`")
+        return TaggedRef(tag, value.args.get("target"), expr.span)
+
     def _check_holdout(self, view: plan.DataView, block: BlockDef, at: ast.Expr) -> None:
         self.holdout_uses.append((view, block, at))
         if view.kind == "corpus" and view.split == "train":
@@ -956,6 +1006,7 @@ LOCAL_PATHS = {
     ("sidecar", "path"): ("file", "the metadata file"),
     ("path", "dir"): ("folder", "the model folder"),
     ("prompts", "file"): ("file", "the prompt suite"),
+    ("lm_eval", "task"): ("file", "the task file"),
 }
 
 # The linear modules LoRA can target, by model family (transformers' `model_type`).

@@ -25,13 +25,14 @@ from typing import Any
 
 from formula.contract.conditions import to_json
 from formula.contract.config import encode
-from formula.contract.graph import FileInput, Graph, StepSpec
+from formula.contract.graph import FileInput, Graph, StepSpec, TaggedInput
 from formula.contract.steps import (AssembleConfig, CorpusConfig, EvalConfig, ExportConfig, Full,
                                     ModelConfig, PairsConfig, TokenizeConfig, TokenizerConfig,
                                     TrainConfig)
 from formula.methods import LABELED, METHODS, PAIRS
 
 from . import plan as P
+from .schema import is_task_file
 
 
 class _Lowering:
@@ -40,10 +41,11 @@ class _Lowering:
         self.steps: dict[str, StepSpec] = {}
 
     def add(self, name: str, kind: str, config: object, deps: dict[str, str] | None = None,
-            files: dict[str, FileInput] | None = None, origin: P.Origin | None = None) -> str:
+            files: dict[str, FileInput] | None = None, origin: P.Origin | None = None,
+            tagged: dict[str, TaggedInput] | None = None) -> str:
         # No source positions in configurations: moving a line must not change a step's key.
         self.steps.setdefault(name, StepSpec(name, kind, encode(config), deps or {}, files or {},
-                                             str(origin) if origin else ""))
+                                             str(origin) if origin else "", tagged or {}))
         return name
 
     # --- one function per kind ---------------------------------------------------------------
@@ -182,6 +184,7 @@ class _Lowering:
         v = self.plan.evals[name]
         deps = {"on": self.target(v.on)}
         files: dict[str, FileInput] = {}
+        tagged: dict[str, TaggedInput] = {}
         names: dict[str, str] = {}
 
         def metric(m: P.MetricExpr) -> dict[str, Any]:
@@ -192,7 +195,9 @@ class _Lowering:
             target = m.target or v.on
             model_input = "on" if m.target is None else names.setdefault(
                 f"target:{target}", f"model{len(names)}")
-            if m.target is not None:
+            if m.target is not None and m.target.tag is not None:  # an earlier build's output
+                tagged[model_input] = TaggedInput(m.target.tag, self.target(replace(target, tag=None)))
+            elif m.target is not None:
                 deps[model_input] = self.target(target)
             out = {"metric": m.metric, "model": model_input, "args": dict(m.args), "attr": m.attr,
                    "label": _label(m, v.on)}
@@ -207,6 +212,12 @@ class _Lowering:
                 else:
                     deps[data_input] = self.pairs(m.data.name)
                 out.update(data=data_input, split=m.data.split, where=to_json(m.data.where))
+            if m.metric == "lm_eval" and is_task_file(str(dict(m.args)["task"])):
+                # the task file's folder: the YAML and the data it names, read where they are
+                path = _resolve(str(dict(m.args)["task"]), v.origin.file)
+                task = names.setdefault(f"task:{os.path.dirname(path)}", f"task{len(names)}")
+                files[task] = FileInput(os.path.dirname(path), is_glob=False)
+                out.update(task_dir=task, task_file=os.path.basename(path))
             if m.metric == "prompts":
                 suite = names.setdefault(f"suite:{dict(m.args)['file']}", f"suite{len(names)}")
                 files[suite] = FileInput(_resolve(str(dict(m.args)["file"]), v.origin.file), is_glob=False)
@@ -220,7 +231,7 @@ class _Lowering:
         for i, need in enumerate(v.needs):
             deps[f"needs{i}"] = self.block(need)
         config = EvalConfig(name=name, on=str(v.on), gates=gates, metrics=metrics)
-        return self.add(f"eval.{name}", "eval", config, deps, files, v.origin)
+        return self.add(f"eval.{name}", "eval", config, deps, files, v.origin, tagged)
 
     def block(self, name: str) -> str:
         for table, fn in ((self.plan.models, self.model), (self.plan.corpora, self.corpus),
@@ -255,7 +266,8 @@ def _label(m: P.MetricCall, on: P.TargetRef) -> str:
     args = [str(m.target)] if m.target is not None else []
     if m.data is not None:
         args.append(f"{m.data.name}.{m.data.split}" + (" filtered" if m.data.where else ""))
-    args += [json.dumps(v) if k == "file" else f"{k} = {v}" for k, v in m.args]
+    args += [json.dumps(v) for k, v in m.args if k in ("file", "task")]  # written first, quoted
+    args += [f"{k} = {v}" for k, v in m.args if k not in ("file", "task")]
     return f"{m.metric}({', '.join(args)}) of {m.target or on}"
 
 

@@ -119,14 +119,17 @@ class ExportPlan:
 
 @dataclass(frozen=True)
 class TargetRef:
-    """What an eval measures: `kind` is model, stage, assemble or export (with a quant)."""
+    """What an eval measures: `kind` is model, stage, assemble or export (with a quant); with
+    `tag`, that target's output in the build named so (`formula tag`), not this build's."""
 
     kind: str
     name: str
     quant: str | None = None
+    tag: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}.{self.quant}" if self.quant else self.name
+        own = f"{self.name}.{self.quant}" if self.quant else self.name
+        return f'tagged("{self.tag}", {own})' if self.tag else own
 
 
 @dataclass(frozen=True)

@@ -206,10 +206,36 @@ NEXT_ACTION = Func("next_action", (
           doc="whole sessions, in the order of a hash of their id, until this many turns"),
 ), doc="every assistant turn of the sessions, answered from the conversation before it: "
        "`.tool_accuracy`, `.args_exact`, `.args_similarity`, `.text_similarity`, `.stop_accuracy`")
-METRICS = {f.name: f for f in (PERPLEXITY, EOS_RATE, PROMPTS, NEXT_ACTION)}
+LM_EVAL = Func("lm_eval", (
+    Param("task", Str(), required=True, positional=True,
+          doc="a task of lm-evaluation-harness (`hellaswag`), or a task file (`.yaml`) whose folder "
+              "holds its data"),
+    Param("limit", Int(1, 1 << 24), default=1000, doc="at most this many documents (the first ones)"),
+    Param("num_fewshot", Int(0, 64), default=0, doc="examples put before each question"),
+    Param("batch_size", Int(1, 1024), default=8),
+), doc="a task of lm-evaluation-harness (the `lmeval` extra) on a model folder: `.acc`, "
+       "`.acc_norm` or whichever figure the task reports")
+METRICS = {f.name: f for f in (PERPLEXITY, EOS_RATE, PROMPTS, NEXT_ACTION, LM_EVAL)}
+
+
+def is_task_file(task: str) -> bool:
+    """An lm_eval task named by its YAML file (else by its name in the harness's registry)."""
+    return task.endswith((".yaml", ".yml"))
+
+
+# Figures lm-evaluation-harness's tasks commonly report (a task names its own; any may be used).
+LM_EVAL_FIGURES = ("acc", "acc_norm", "exact_match", "f1", "mcc", "bleu", "word_perplexity",
+                   "byte_perplexity", "bits_per_byte")
 METRIC_ATTRS = {"prompts": ("pass_rate",),
                 "next_action": ("tool_accuracy", "args_exact", "args_similarity", "text_similarity",
                                 "stop_accuracy")}
+# `next_action(tagged("v1"), data.holdout)`: a metric of an earlier build, the one named with
+# `formula tag v1 FORMULA`: its output of the eval's `on` target, or of the target named second.
+TAGGED = Func("tagged", (
+    Param("tag", Str(), required=True, positional=True, doc="a name given with `formula tag`"),
+    Param("target", Target(), positional=True,
+          doc="which of that build's outputs (default: the eval's `on`)"),
+), doc="the same target in an earlier build, named with `formula tag NAME FORMULA`")
 # `check significant(COMPARISON, confidence = 0.95)`: the comparison must also hold in all but
 # 1 - confidence of the paired bootstrap resamples of the sessions.
 SIGNIFICANT = Func("significant", (

@@ -3,9 +3,11 @@ target names one of its quants)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import ast, plan
 from ..diagnostics import Label, did_you_mean
-from ..evaluate import BlockRef
+from ..evaluate import BlockRef, TaggedRef
 from ..format import expr_text
 from .common import Checked, Checker, has_invalid
 
@@ -21,7 +23,7 @@ def build(ck: Checker, c: Checked) -> plan.EvalPlan | None:
     on = target(ck, v["on"])
     gates = []
     for (left, op, right, confidence), node in c.gates:
-        left, right = _metric_targets(ck, left), _metric_targets(ck, right)
+        left, right = _metric_targets(ck, left, on, node), _metric_targets(ck, right, on, node)
         if left is None or right is None:
             return None
         text = expr_text(node.expr)  # canonical: reformatting the file does not change it
@@ -29,7 +31,7 @@ def build(ck: Checker, c: Checked) -> plan.EvalPlan | None:
             node.span.source.path, node.span.line, node.span.column), confidence=confidence))
     metrics = []
     for m in v["metrics"]:
-        m = _metric_targets(ck, m)
+        m = _metric_targets(ck, m, on, c.nodes.get("metrics") or b.name)
         if m is None:
             return None
         metrics.append(m)
@@ -66,13 +68,28 @@ def target(ck: Checker, ref: BlockRef) -> plan.TargetRef | None:
     return plan.TargetRef(kind, ref.block.qualified, member)
 
 
-def _metric_targets(ck: Checker, m: plan.MetricExpr) -> plan.MetricExpr | None:
+def _metric_targets(ck: Checker, m: plan.MetricExpr, on: plan.TargetRef | None,
+                    at: ast.Check | ast.Field | ast.Ident) -> plan.MetricExpr | None:
+    """Targets bound (`tagged(...)` to the eval's `on` when it names none); `at`: where the
+    measurement is written, for a lm_eval on an exported file."""
     if isinstance(m, plan.Arith):
-        left, right = _metric_targets(ck, m.left), _metric_targets(ck, m.right)
+        left, right = _metric_targets(ck, m.left, on, at), _metric_targets(ck, m.right, on, at)
         return None if left is None or right is None else plan.Arith(m.op, left, right)
     if isinstance(m, plan.MetricCall) and isinstance(m.target, BlockRef):
         t = target(ck, m.target)
         if t is None:
             return None
         return plan.MetricCall(m.metric, t, m.data, m.args, m.attr)
+    if isinstance(m, plan.MetricCall) and isinstance(m.target, TaggedRef):
+        t = target(ck, m.target.target) if m.target.target is not None else on
+        if t is None:
+            return None
+        return plan.MetricCall(m.metric, replace(t, tag=m.target.tag), m.data, m.args, m.attr)
+    if isinstance(m, plan.MetricCall) and m.metric == "lm_eval" and m.target is None and on is not None \
+            and on.kind == "export":
+        ck.err("wrong-kind", f"lm_eval measures a model folder, and this eval is on `{on}`, an "
+               "exported file", at.span, "lm_eval of an export",
+               help="name the folder it was exported from: `lm_eval(MODEL, \"task\")` with an "
+                    "`assemble`, a `stage` or a `model`")
+        return None
     return m

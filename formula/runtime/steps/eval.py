@@ -324,6 +324,9 @@ class Evaluator:
         label = describe(m)
         if label not in self.results:
             args = m.get("args", {})
+            if m["metric"] == "lm_eval":  # the harness opens the folder itself
+                self.results[label] = {"metric": "lm_eval", "model": m["model"], **lm_eval(self.inputs, m)}
+                return label, self.results[label]
             model = self.model(m["model"])
             try:
                 if m["metric"] == "perplexity":
@@ -355,7 +358,10 @@ class Evaluator:
         if "op" in expr:
             a, b = self.value(expr["left"]), self.value(expr["right"])
             return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else math.inf}[expr["op"]]
-        _, r = self.measure(expr)
+        label, r = self.measure(expr)
+        if expr.get("attr") and expr["attr"] not in r:
+            fail(f"{label}: the task reports no `{expr['attr']}`; it reports "
+                 + ", ".join(f"`{f}`" for f in r.get("figures", ())))
         v = r[expr["attr"]] if expr.get("attr") else r["value"]
         return math.nan if v is None else float(v)
 
@@ -411,6 +417,8 @@ class Evaluator:
             out["right_interval"] = bootstrap.interval(rr, confidence)
             if want:
                 sig = {**bootstrap.significance(lr, rr, g["op"], confidence), "resamples": n}
+                if all(m["metric"] == "lm_eval" for m in self.leaves(g["left"]) + self.leaves(g["right"])):
+                    sig["units"] = "documents"
         if want:
             if sig is None:
                 sig = {"significant": False, "bound": None, "share": None, "difference_interval": None,
@@ -434,7 +442,41 @@ def describe(m: dict) -> str:
     return m.get("label") or f"{m['metric']}[{m['model']}]"
 
 
+def lm_eval(inputs: dict[str, Path], m: dict) -> dict:
+    """lm-evaluation-harness on a model folder (formula/runtime/lmeval.py): each figure the task
+    reports, with an interval over its documents."""
+    from formula.runtime import lmeval
+
+    args = m.get("args", {})
+    task, manager, here = str(args["task"]), None, os.getcwd()
+    start = time.perf_counter()
+    try:
+        if m.get("task_dir"):  # run from its folder: the data files it names are relative to it
+            task, manager = lmeval.task_file(Path(inputs[m["task_dir"]]), m["task_file"])
+            os.chdir(inputs[m["task_dir"]])
+        found = lmeval.run_task(Path(inputs[m["model"]]).resolve(), task, int(args.get("limit", 1000)),
+                                int(args.get("num_fewshot", 0)), int(args.get("batch_size", 8)), manager)
+    finally:
+        os.chdir(here)
+    figures = found["figures"]
+    if not figures:
+        fail(f"lm_eval: task {found['task']} reported no figures")
+    r: dict[str, Any] = {**figures, "value": next(iter(figures.values())), "figures": sorted(figures),
+                         "task": found["task"], "documents": found["documents"],
+                         "num_fewshot": int(args.get("num_fewshot", 0)), "harness": found["version"],
+                         "seconds": round(time.perf_counter() - start, 3)}
+    with_intervals(r, found["units"], found["stats"])
+    for f, se in found["stderr"].items():  # figures the harness only aggregates
+        if f in figures and f not in r["ci"]:
+            r["ci"][f] = [figures[f] - lmeval.Z95 * se, figures[f] + lmeval.Z95 * se]
+    return r
+
+
 def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
+    if any(m.get("task_dir") for m in _measurements(cfg)):  # task files: nothing downloaded
+        from formula.runtime import lmeval
+
+        lmeval.offline(work / "hf-datasets")
     ev = Evaluator(inputs)
     gates = []
     try:
@@ -461,12 +503,26 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
 
             flat.update({f"{k}.{f}": round(v[f], 6) for f in FIGURES
                          if v.get(f) is not None and not math.isnan(v[f])})
+        elif v["metric"] == "lm_eval":
+            flat.update({f"{k}.{f}": round(v[f], 6) for f in v["figures"] if not math.isnan(v[f])})
         else:
             flat[k] = round(v["value"], 6)
     flat["gates_passed"] = sum(g["passed"] for g in gates)
     flat["gates_failed"] = sum(not g["passed"] for g in gates)
     flat["template_sha256"] = template_of(Path(inputs["on"]))
     (output / "metrics.json").write_text(json.dumps(flat, sort_keys=True))
+
+
+def _measurements(cfg: Config) -> list[dict]:
+    """Every measurement a gate or a metric names."""
+    out, todo = [], [*(g[side] for g in cfg.gates for side in ("left", "right")), *cfg.metrics]
+    while todo:
+        e = todo.pop()
+        if "op" in e:
+            todo += [e["left"], e["right"]]
+        elif "metric" in e:
+            out.append(e)
+    return out
 
 
 def template_of(path: Path) -> str | None:
@@ -511,18 +567,18 @@ def gate_detail(g: dict) -> str:
                 + (f", {100 * gap / abs(right):.1f}%" if right and not math.isnan(gap) else "") + ")")
     sig = g.get("significance")
     if sig is not None:
-        level = f"{100 * sig['confidence']:g}%"
+        level, units = f"{100 * sig['confidence']:g}%", sig.get("units", "sessions")
         if sig.get("why"):
             text += f"; significance unknown: {sig['why']}"
         elif sig["significant"]:
             text += (f"; significant: holds in {100 * sig['share']:.1f}% of {sig['resamples']} paired "
-                     f"resamples of the sessions (one-sided {level} bound on the difference "
+                     f"resamples of the {units} (one-sided {level} bound on the difference "
                      f"{sig['bound']:+.3g})")
         else:
             share = "none" if sig["share"] is None else f"{100 * sig['share']:.1f}%"
             bound = "n/a" if sig["bound"] is None else f"{sig['bound']:+.3g}"
             text += (f"; not significant: holds in {share} of {sig.get('resamples', 0)} paired resamples "
-                     f"of the sessions; the one-sided {level} bound on the difference is {bound}")
+                     f"of the {units}; the one-sided {level} bound on the difference is {bound}")
     return text
 
 
@@ -616,7 +672,7 @@ def _side_by_side(labels: list[str], results: dict, examples: int) -> list[str]:
 def report(cfg: Config, gates: list[dict], measured: dict, results: dict | None = None) -> str:
     lines = [f"# eval `{cfg.name}` on `{cfg.on}`", "", "| gate | result | |", "|---|---|---|"]
     lines += [f"| `{g['check']}` | {'passed' if g['passed'] else '**FAILED**'} | {g['detail']} |" for g in gates]
-    others = {k: v for k, v in measured.items() if v["metric"] != "next_action"}
+    others = {k: v for k, v in measured.items() if v["metric"] not in ("next_action", "lm_eval")}
     if others:
         lines += ["", "| measurement | value | 95% interval | over |", "|---|---|---|---|"]
     for k, v in sorted(others.items()):
@@ -624,7 +680,30 @@ def report(cfg: Config, gates: list[dict], measured: dict, results: dict | None 
         ci = (v.get("ci") or {}).get("value")
         lines.append(f"| `{k}` | {v['value']:.4g} | {f'{ci[0]:.4g} to {ci[1]:.4g}' if ci else ''} | {over} |")
     lines += next_action_report(measured, results or {}, cfg.on)
+    lines += lm_eval_report(measured, cfg.on)
     return "\n".join(lines) + "\n"
+
+
+def lm_eval_report(measured: dict, on: str) -> list[str]:
+    """Per lm-evaluation-harness task: each figure for every model measured on it, with its 95%
+    interval (over the documents, or from the harness's standard error)."""
+    tasks: dict[tuple, list[str]] = {}
+    for k, v in sorted(measured.items()):
+        if v["metric"] == "lm_eval":
+            tasks.setdefault((v["task"], v["documents"], v["num_fewshot"]), []).append(k)
+    lines: list[str] = []
+    for (task, documents, shots), labels in tasks.items():
+        labels.sort(key=lambda k: (_target(k) != on, k))
+        names = [_target(k) for k in labels]
+        figures = sorted(set().union(*(measured[k]["figures"] for k in labels)))
+        lines += ["", f"## lm-evaluation-harness: {task}", "",
+                  f"{documents} documents, {shots}-shot; values with 95% intervals (bootstrap over "
+                  f"documents, or the harness's standard error); lm-eval {measured[labels[0]]['harness']}.", "",
+                  "| figure | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+        for f in figures:
+            lines.append(f"| {f} | " + " | ".join(_with_ci(measured[k].get(f), measured[k]["ci"].get(f))
+                                                  for k in labels) + " |")
+    return lines
 
 
 main = step_entry(None, typed(Config, run))
