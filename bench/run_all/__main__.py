@@ -28,6 +28,7 @@ RUNS = [
     ("train_overhead", [], ["4"]),
     ("memory_estimate", [], ["--quick"]),
     ("hub_fetch", [], ["50"]),
+    ("remote_cache", ["256"], ["64"]),
 ]
 
 
