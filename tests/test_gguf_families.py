@@ -105,10 +105,20 @@ def tokenizer():
     return chat_tokenizer(SPECIAL, TEMPLATE, "<|endoftext|>")
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+# Phi-3's long-context rope (Phi-3.5-mini, Phi-3-mini-128k), prompts longer than its original
+# context: transformers then uses the long factors, as llama.cpp does for any context longer.
+LONGROPE = {"original_max_position_embeddings": 16, "rope_parameters": {
+    "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 16,
+    "long_factor": [13.7, 6.4, 1.8, 1.3, 17.3, 19.3, 13.1, 15.6],
+    "short_factor": [1.5, 1.9, 1.8, 1.0, 1.9, 1.0, 1.7, 1.2]}}
+VARIANTS = {"phi3 longrope": ("phi3", LONGROPE)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES) + sorted(VARIANTS))
 def family_model(request, tokenizer, tmp_path_factory):
-    folder = random_model(tmp_path_factory.mktemp(request.param) / "model", request.param, tokenizer)
-    return request.param, folder
+    family, overrides = VARIANTS.get(request.param, (request.param, {}))
+    folder = random_model(tmp_path_factory.mktemp(family) / "model", family, tok=tokenizer, **overrides)
+    return family, folder
 
 
 def test_the_registry_is_what_the_checker_knows():
@@ -171,6 +181,8 @@ def test_family_metadata(family_model, tmp_path):
         assert arch == "gemma3" and meta["gemma3.rope.freq_base_swa"] == LOCAL_BASE
     if family == "phi3":
         assert arch == "phi3"
+        if config["rope_parameters"]["rope_type"] == "longrope":  # 512 / 16: sqrt(1 + ln 32 / ln 16)
+            assert meta["phi3.rope.scaling.attn_factor"] == pytest.approx(1.5)
 
 
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",

@@ -9,6 +9,7 @@ torch import) unless the weights are bf16, which numpy cannot hold.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,8 +332,31 @@ def _rope(writer, folder: Path, config: dict, arch_name: str) -> dict[str, np.nd
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
         return {}
+    if kind in ("longrope", "su") and arch_name == "phi3":
+        return _longrope(writer, folder, config, rope)
     raise ConvertError(f"{folder}: rope scaling `{kind}` is not converted for {arch_name} "
-                       "(converted: default, llama3, linear)")
+                       "(converted: default, llama3, linear; longrope for phi3)")
+
+
+def _longrope(writer, folder: Path, config: dict, rope: dict) -> dict[str, np.ndarray]:
+    """Phi-3's long-context rope: per-dimension factors for short and long contexts, and the
+    attention factor transformers derives from the context extension, as llama.cpp reads them.
+    llama.cpp picks the long factors when its context is longer than the original one;
+    transformers when the sequence is."""
+    import gguf
+
+    orig = rope.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+    long, short = rope.get("long_factor"), rope.get("short_factor")
+    if not orig or not long or not short or len(long) != len(short):
+        raise ConvertError(f"{folder}: longrope scaling without original_max_position_embeddings, or "
+                           "without long and short factors of one length")
+    scale = config.get("max_position_embeddings", orig) / orig
+    factor = rope.get("attention_factor") or (
+        math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0)
+    writer.add_rope_scaling_attn_factors(float(factor))
+    names = gguf.TENSOR_NAMES
+    return {names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight": np.asarray(long, dtype=np.float32),
+            names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight": np.asarray(short, dtype=np.float32)}
 
 
 def _convert(folder: Path, out: Path, out_type: str) -> Converted:
