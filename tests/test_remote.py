@@ -315,3 +315,14 @@ def test_s3_unreachable_and_without_credentials(pushed_from, s3_server, tmp_path
                                      "AWS_CONFIG_FILE": str(tmp_path / "none"),
                                      "FSSPEC_S3_ENDPOINT_URL": s3_server})
     assert r.returncode == 1 and "no credentials" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_build_push_fills_the_cache_for_the_next_machine(pushed_from, cache, tmp_path):
+    r = pushed_from.build("--remote", cache.url, "--push", env=cache.env)
+    assert f"pushed {len(ALL)} of {len(ALL)} steps to {cache.url}" in r.stderr
+    b = clean_machine(pushed_from, tmp_path)
+    r = b.build("--remote", cache.url, "--push", env=cache.env)
+    assert b.ran() == set(), r.stderr
+    assert f"pushed 0 of {len(ALL)} steps" in r.stderr and f"{len(ALL)} were there already" in r.stderr
+    r = b.cmd("build", "small.formula", "--push", check=False)
+    assert r.returncode == 2 and "--push needs --remote URL" in r.stderr
