@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ class Remote:
         self.url = url.rstrip("/") or url
         self.store = store
         self.transfer = Transfer()
+        self._counting = threading.Lock()  # a build fetches several steps at once
         with self._errors("open"):
             from fsspec.core import url_to_fs
 
@@ -81,6 +83,11 @@ class Remote:
         self.root = self.root.rstrip("/")
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self.atomic_put = bool(ATOMIC_PUT & set(protocols))
+
+    def _add(self, **counts: float) -> None:
+        with self._counting:
+            for name, value in counts.items():
+                setattr(self.transfer, name, getattr(self.transfer, name) + value)
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -189,11 +196,11 @@ class Remote:
         if self.store.damage(digest):
             self._fetch_objects([digest])
         else:
-            self.transfer.present += 1
+            self._add(present=1)
         self._fetch_log(key, record)
         self.store.record(key, record)
-        self.transfer.records += 1
-        self.transfer.seconds += time.time() - started
+        self._add(records=1)
+        self._add(seconds=time.time() - started)
         return record
 
     def pull(self, keys: list[str]) -> list[str]:
@@ -202,8 +209,9 @@ class Remote:
         started = time.time()
         records, missing = {}, []
         for key in keys:
-            if self.store.action(key) is not None and not self.store.damage(self.store.action(key)["output"]):
-                self.transfer.present += 1
+            have = self.store.action(key)
+            if have is not None and not self.store.damage(have["output"]):
+                self._add(present=1)
                 continue
             record = self.action(key)
             if record is None:
@@ -215,8 +223,8 @@ class Remote:
         for key, record in records.items():  # records last: each names an object now stored
             self._fetch_log(key, record)
             self.store.record(key, record)
-            self.transfer.records += 1
-        self.transfer.seconds += time.time() - started
+            self._add(records=1)
+        self._add(seconds=time.time() - started)
         return missing
 
     def _fetch_objects(self, digests: list[str]) -> None:
@@ -267,8 +275,8 @@ class Remote:
             elif got != want:
                 wrong.append(f"{rel}: content differs from its seal (digest {got[:12]}, sealed {want[:12]})")
             local[rel] = [st.size, st.mtime_ns, st.inode, got]
-            self.transfer.files += 1
-            self.transfer.bytes += st.size
+            self._add(files=1)
+            self._add(bytes=st.size)
         if wrong:
             more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
             raise RemoteError(f"{self.url}: object {digest[:12]} is damaged on the remote ("
@@ -290,7 +298,7 @@ class Remote:
         except OSError:
             if not target.exists():
                 raise
-        self.transfer.objects += 1
+        self._add(objects=1)
 
     def _fetch_log(self, key: str, record: dict) -> None:
         """The step's log, when the remote has it; the record then names the local copy."""
@@ -322,7 +330,7 @@ class Remote:
                 self.transfer.problems.append(f"{key[:12]}: not in the local store")
                 continue
             if self.action(key) is not None and self.seal_of(record["output"]) is not None:
-                self.transfer.present += 1
+                self._add(present=1)
                 continue
             records[key] = record
         pushed = set()
@@ -346,8 +354,8 @@ class Remote:
                     self._put_file(str(log), self._log(key))
                 self._put_bytes(self._action(key), json.dumps(record, indent=1, sort_keys=True,
                                                               default=str).encode())
-            self.transfer.records += 1
-        self.transfer.seconds += time.time() - started
+            self._add(records=1)
+        self._add(seconds=time.time() - started)
         return skipped
 
     def _push_object(self, digest: str) -> None:
@@ -366,9 +374,9 @@ class Remote:
             # travel; stats are local to each machine.
             self._put_bytes(self._seal(digest), json.dumps(
                 {"files": {rel: [f[0], 0, 0, f[3]] for rel, f in files.items()}}, sort_keys=True).encode())
-        self.transfer.objects += 1
-        self.transfer.files += len(files)
-        self.transfer.bytes += sum(f[0] for f in files.values())
+        self._add(objects=1)
+        self._add(files=len(files))
+        self._add(bytes=sum(f[0] for f in files.values()))
 
     def publish(self, name: str, build: dict, tag: str = "") -> None:
         """Name a pushed build on the remote: the tag if given, else the formula's latest."""
