@@ -175,12 +175,17 @@ def test_ray_options_come_from_the_step_resources(tmp_path, ray_address):
 def test_executor_names_and_missing_extras(tmp_path, monkeypatch):
     assert type(make_executor("local", tmp_path)).__name__ == "LocalExecutor"
     assert make_executor("slurm", tmp_path).cluster == "slurm"
+    if shutil.which("sbatch") is None:
+        with pytest.raises(ExecutorError, match="no `sbatch` here"):
+            make_executor("slurm", tmp_path, connect=True)
     assert make_executor("submitit:local", tmp_path).cluster == "local"
     assert make_executor("ray://head:10001", tmp_path).address == "ray://head:10001"
     assert make_executor("ray:10.0.0.1:6379", tmp_path).address == "10.0.0.1:6379"
     assert make_executor("ray", tmp_path).address is None
     with pytest.raises(ExecutorError, match="unknown executor"):
         make_executor("kubernetes", tmp_path)
+    with pytest.raises(ExecutorError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+        make_executor("ray:127.0.0.1:9", tmp_path, connect=True)  # nothing listens there
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(ExecutorError, match=r"pip install 'formula\[ray\]'"):
         make_executor("ray", tmp_path)

@@ -72,7 +72,8 @@ def test_mistakes_in_resources(tmp_path, body, code, words):
 
 def test_resources_belong_in_a_stage(tmp_path):
     result = formula_with(tmp_path, RESOURCES, where="corpus sessions {")
-    assert [d.code for d in result.diagnostics if d.is_error] == ["misplaced-block"]
+    errors = [d for d in result.diagnostics if d.is_error]
+    assert [d.code for d in errors] == ["misplaced-block"] and "belong in a stage block" in errors[0].help
 
 
 @pytest.mark.parametrize("text, mins", [("90m", 90), ("4h", 240), ("1d12h", 2160), ("02:00:00", 120),

@@ -8,7 +8,7 @@ checked on the figures: sharded over N GPUs, a 7B full fine-tune fits where it d
 import shutil
 from dataclasses import replace
 
-from conftest import ROOT, copy_example, run_formula
+from conftest import ROOT
 from formula.compiler.lower import lower
 from formula.compiler.pipeline import compile_formula
 from formula.runtime import memory as M
@@ -58,10 +58,17 @@ def test_fsdp_on_cpu_or_one_process_is_caught_by_check(tmp_path):
     assert [d.code for d in lora.diagnostics if d.is_error] == ["fsdp-needs-full"]
 
 
-def test_the_train_step_refuses_fsdp_without_cuda(tmp_path):
-    project, store = copy_example(tmp_path / "p"), tmp_path / "store"
-    r = run_formula(project, store, "build", "tiny.formula", "--only", "train.lm", "--plain",
-                    "stage.lm.sharding=fsdp", "stage.lm.processes=2", "stage.lm.max_steps=1", check=False)
-    assert r.returncode == 1
-    assert "`sharding = fsdp` needs CUDA devices" in r.stderr, r.stderr[-2000:]
-    assert "train.lm" not in run_formula(project, store, "ls").stdout  # nothing stored for it
+def test_the_train_step_refuses_fsdp_without_cuda(tmp_path, capsys):
+    import pytest
+    import torch
+
+    from formula.contract.steps import TrainConfig
+    from formula.runtime.steps import train
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit) as stopped:  # before any process is launched or anything loads
+        train.run(TrainConfig(name="lm", sharding="fsdp", processes=2), {}, tmp_path / "out", tmp_path / "work")
+    assert stopped.value.code == 3
+    assert "stage `lm`: `sharding = fsdp` needs CUDA devices" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

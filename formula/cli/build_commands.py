@@ -200,7 +200,7 @@ def _build_one(ns, overrides: list[str], progress_factory) -> int:
     from formula.runtime.cluster import ExecutorError, make_executor
 
     try:  # a cluster executor: submitit or Ray, imported only now
-        executor = make_executor(ns.executor, store.root)
+        executor = make_executor(ns.executor, store.root, connect=True)
     except ExecutorError as exc:
         print(f"formula build: --executor {ns.executor}: {exc}", file=sys.stderr)
         return EXIT_USAGE

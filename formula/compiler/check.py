@@ -83,7 +83,9 @@ class _Checker:
                     self.err("misplaced-block", f"`{member.name.name} {{ ... }}` cannot appear "
                              f"inside {what}", member.name.span, "unexpected block",
                              help=f"blocks do not nest; to set a field, write `{member.name.name} = ...`"
-                             if schema.field(member.name.name) else "define blocks at top level")
+                             if schema.field(member.name.name) else
+                             "`resources` belong in a stage block (what its train step asks of a cluster)"
+                             if member.name.name == "resources" else "define blocks at top level")
                     continue
                 for inner in member.body:
                     if isinstance(inner, ast.Field):

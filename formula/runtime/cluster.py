@@ -15,6 +15,7 @@ are independent are already queued side by side; an array would only save `sbatc
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,15 +209,18 @@ class RayExecutor:
         self._cancelled = False
         self._remote = None
 
-    def _connect(self):
+    def connect(self):
+        """Join the cluster (once); a cluster that cannot be reached is an ExecutorError."""
         with self._lock:
             if self._remote is None:
+                where = self.address or os.environ.get("RAY_ADDRESS") or ""
+                _probe(where)  # Ray itself waits minutes for an address nobody answers at
                 if not self.ray.is_initialized():
                     try:
                         self.ray.init(address=self.address, log_to_driver=False)
                     except (ConnectionError, ValueError, RuntimeError) as exc:
-                        raise ExecutorError(f"cannot reach the Ray cluster at "
-                                            f"{self.address or os.environ.get('RAY_ADDRESS') or 'this machine'}: {exc}") from None
+                        raise ExecutorError(f"cannot reach the Ray cluster at {where or 'this machine'}: "
+                                            f"{exc}") from None
                 self._remote = self.ray.remote(run_step)
             return self._remote
 
@@ -231,7 +235,7 @@ class RayExecutor:
         return opts
 
     def run(self, task: Task) -> Finished:
-        remote = self._connect()
+        remote = self.connect()
         task.log.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self._cancelled:
@@ -261,12 +265,26 @@ class RayExecutor:
                 pass
 
 
+def _probe(address: str, seconds: float = 5.0) -> None:
+    """Whether something listens at a Ray address's HOST:PORT (`auto` and "" are not probed)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 EXECUTORS = ("local", "submitit", "slurm", "ray")
 
 
-def make_executor(spec: str, store_root: Path):
+def make_executor(spec: str, store_root: Path, connect: bool = False):
     """The executor `--executor SPEC` names: `local`, `submitit` (Slurm when there is one, else
-    submitit's local executor), `submitit:local`, `slurm`, `ray`, `ray:ADDRESS` or `ray://HOST:PORT`."""
+    submitit's local executor), `submitit:local`, `slurm`, `ray`, `ray:ADDRESS` or `ray://HOST:PORT`.
+    `connect`: join a Ray cluster now, so that one that cannot be reached is said before building."""
     from .executor import LocalExecutor
 
     name, _, arg = spec.partition(":")
@@ -276,8 +294,14 @@ def make_executor(spec: str, store_root: Path):
         cluster = "slurm" if name == "slurm" else (arg or None)
         if cluster not in (None, "slurm", "local"):
             raise ExecutorError(f"unknown submitit cluster {arg!r}: submitit:local or submitit:slurm")
+        if connect and cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ExecutorError("no `sbatch` here: build with --executor slurm where Slurm's commands "
+                                "are (a login node), or use --executor submitit:local")
         return SubmititExecutor(store_root / "submitit", cluster)
     if name == "ray":
-        return RayExecutor(spec if arg.startswith("//") else (arg or None))
+        ray = RayExecutor(spec if arg.startswith("//") else (arg or None))
+        if connect:
+            ray.connect()
+        return ray
     raise ExecutorError(f"unknown executor {spec!r}: one of local, submitit, submitit:local, slurm, "
                         "ray, ray:ADDRESS")
