@@ -112,14 +112,20 @@ LONGROPE = {"original_max_position_embeddings": 16, "rope_parameters": {
     "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 16,
     "long_factor": [13.7, 6.4, 1.8, 1.3, 17.3, 19.3, 13.1, 15.6],
     "short_factor": [1.5, 1.9, 1.8, 1.0, 1.9, 1.0, 1.7, 1.2]}}
-VARIANTS = {"phi3 longrope": ("phi3", LONGROPE)}
+# Linear rope scaling: Gemma 3 4B and up scale their global layers' rope only.
+VARIANTS = {"phi3 longrope": ("phi3", LONGROPE),
+            "llama linear": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 4.0,
+                                                           "rope_theta": 10000.0}}),
+            "gemma3_text linear": ("gemma3_text", {"rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": LOCAL_BASE}}})}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES) + sorted(VARIANTS))
 def family_model(request, tokenizer, tmp_path_factory):
     family, overrides = VARIANTS.get(request.param, (request.param, {}))
     folder = random_model(tmp_path_factory.mktemp(family) / "model", family, tok=tokenizer, **overrides)
-    return family, folder
+    return request.param, family, folder
 
 
 def test_the_registry_is_what_the_checker_knows():
@@ -131,7 +137,7 @@ def test_the_registry_is_what_the_checker_knows():
 
 @pytest.mark.parametrize("out_type,tolerance", [("f32", 1e-3), ("f16", 2e-2)])
 def test_family_converts_with_parity(family_model, tmp_path, out_type, tolerance):
-    family, folder = family_model
+    case, family, folder = family_model
     tok, model = hf(folder)
     path = convert(folder, tmp_path / f"{family}-{out_type}.gguf", out_type).path
     worst, agree, ties = 0.0, 0, 0
@@ -154,7 +160,7 @@ def test_family_converts_with_parity(family_model, tmp_path, out_type, tolerance
         rendered = ChatRenderer(llm).ids(CONVERSATION)
     expected = tok(tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False),
                    add_special_tokens=False)["input_ids"]
-    print(f"\n{family} {out_type}: max abs last-position logit difference {worst:.3g} (limit {tolerance}), "
+    print(f"\n{case} {out_type}: max abs last-position logit difference {worst:.3g} (limit {tolerance}), "
           f"top-1 at the last position {agree}/{len(PROMPTS)}, near-ties flipped anywhere {ties}, "
           f"chat of {len(expected)} ids identical: {rendered == expected}")
     assert rendered == expected
@@ -163,14 +169,18 @@ def test_family_converts_with_parity(family_model, tmp_path, out_type, tolerance
 
 def test_family_metadata(family_model, tmp_path):
     """The keys each family is about, as llama.cpp reads them."""
-    family, folder = family_model
+    _, family, folder = family_model
     meta = metadata(convert(folder, tmp_path / "m.gguf", "f16").path)
     arch = meta["general.architecture"]
     config = json.loads((folder / "config.json").read_text())
     config = config.get("text_config", config)
-    if family == "llama":
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type") == "llama3":
         reader = __import__("gguf").GGUFReader(tmp_path / "m.gguf")
         assert "rope_freqs.weight" in {t.name for t in reader.tensors}
+    if rope.get("full_attention", rope).get("rope_type") == "linear":
+        assert meta[f"{arch}.rope.scaling.type"] == "linear"
+        assert meta[f"{arch}.rope.scaling.factor"] == rope.get("full_attention", rope)["factor"]
     if family.startswith("gemma"):
         assert meta[f"{arch}.attention.sliding_window"] == WINDOW
         assert list(meta[f"{arch}.attention.sliding_window_pattern"]) == [
