@@ -192,3 +192,17 @@ def test_executor_names_and_missing_extras(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ExecutorError, match=r"pip install 'formula\[slurm\]'"):
         make_executor("slurm", tmp_path)
+
+
+def test_a_failing_step_on_submitit_is_summarized_as_a_local_one(tmp_path):
+    from test_build import Project, steps_of
+
+    project = Project(tmp_path)
+    r = project.build("--executor", "submitit:local", env={"FAKE_FAIL_TRAIN": "1"}, check=False)
+    assert r.returncode == 1
+    assert "step train.sft failed: exit status 4" in r.stderr
+    assert "fake train step failing on purpose" in r.stderr  # the log's last lines, as locally
+    assert "run it alone: python -m fake_steps.train --config-dir" in r.stderr
+    assert {"corpus.sessions", "model.base", "tokenize.sessions.base"} <= steps_of(project.ran())
+    project.build("--executor", "submitit:local")  # fixed: the rest builds, the rest stays cached
+    assert steps_of(project.ran()) == {"train.sft", "assemble.merged", "gguf.gguf.q8_0", "eval.gate"}

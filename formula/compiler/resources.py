@@ -82,7 +82,7 @@ def check(ck, member: ast.SubBlock, block, what: str) -> dict:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             continue  # INVALID: the evaluator said why
         if name == "time":
-            value = minutes(value)
+            value = minutes(str(value))
             if value is None:
                 ck.err("bad-time", f"`time` in the resources of {what} is not a time limit",
                        inner.value.span, "not a duration",
