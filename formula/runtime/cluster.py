@@ -175,8 +175,8 @@ class SubmititExecutor:
         try:
             while not job.done():
                 time.sleep(self.poll_seconds)
-            try:
-                status = job.result()
+            try:  # one status per node: the step failed if any node's did
+                status = next((s for s in job.results() if s != 0), 0)
             except Exception as exc:  # noqa: BLE001 (the job failed outside the step: said in its log)
                 return _ended_without_status(task, self._cancelled, f"{type(exc).__name__}: {exc}"[-2000:])
         finally:
