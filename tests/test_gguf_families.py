@@ -274,3 +274,23 @@ def test_the_gguf_step_names_end_of_turn_ids_llama_cpp_would_not_stop_at(tmp_pat
     folder, ids = stops_model(tmp_path / "model", special, "<|stop_a|>", "<|stop_b|>", stops)
     path = convert(folder, tmp_path / "m.gguf", "f16").path
     assert never_stops(path, [ids[s] for s in stops]) == [ids["<|stop_d|>"]]
+
+
+def test_the_gguf_step_refuses_a_file_that_would_not_stop(tmp_path, capsys):
+    from formula.contract.steps import ExportConfig
+    from formula.runtime.formats import gguf as step
+
+    special = ["<|stop_a|>", "<|start_header_id|>", "<|end_header_id|>", "<|stop_b|>", "<|stop_c|>", "<|stop_d|>"]
+    stops = ["<|stop_a|>", "<|stop_b|>", "<|stop_c|>"]
+    folder, ids = stops_model(tmp_path / "model", special, "<|stop_a|>", "<|stop_b|>", stops)
+    (folder / "chat_template.jinja").write_text(header_template("<|stop_b|>"))
+    for out in ("three", "four"):
+        (tmp_path / out).mkdir()
+    step.run(ExportConfig(export="chat", quant="f16"), {"model": folder}, tmp_path / "three", tmp_path)
+    assert (tmp_path / "three" / "gguf.json").is_file()
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [ids[s] for s in special[3:] + [special[0]]]}))
+    with pytest.raises(SystemExit):
+        step.run(ExportConfig(export="chat", quant="f16"), {"model": folder}, tmp_path / "four", tmp_path)
+    err = capsys.readouterr().err
+    # eos: the tokenizer's <|stop_a|>, eot: the template's <|stop_b|>, eom: <|stop_c|>; no key is left
+    assert f"would not end generation at token ids [{ids['<|stop_d|>']}]" in err, err
