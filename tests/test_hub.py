@@ -202,6 +202,11 @@ def test_build_without_a_lock_pins_and_says_so_then_builds_offline_from_the_cach
     assert f"formula build: pinned {REPO}@main to {sha}" in r.stderr and Path(f"{f}.lock").is_file()
     served = hub.file_bytes
     hub.stop()  # no hub at all now
+    names = [x["name"] for x in json.loads(Path(f"{f}.lock").read_text())["models"][0]["files"]]
+    Path(f"{f}.lock").unlink()
+    r = cli("lock", str(f), "--offline")  # pinned again from the cache alone
+    assert f"pinned {REPO}@main to {sha}" in r.stderr and "from the Hugging Face cache" in r.stderr, r.stderr
+    assert [x["name"] for x in json.loads(Path(f"{f}.lock").read_text())["models"][0]["files"]] == names
     r = cli("build", str(f), "--only", "model.base", "--plain", "--force", "model.base", "--offline")
     assert r.returncode == 0, r.stderr + r.stdout
     assert hub.file_bytes == served

@@ -34,29 +34,32 @@ def resolve(repo: str, revision: str) -> tuple[hublock.Pin, bool]:
         return _resolve_cached(repo, revision)
     from huggingface_hub import HfApi
 
+    api = HfApi()
     try:
-        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+        # resolve_revision also records the commit in the cache's refs, for offline use later; it
+        # falls back on those refs when the hub is down, but the listing at that commit does not.
+        commit = api.resolve_revision(repo, revision=revision).resolved
+        info = api.model_info(repo, revision=commit, files_metadata=True)
     except Exception as exc:  # network, auth, a missing repository or revision: the user's to fix
         raise HubError(f"cannot resolve {repo}@{revision} on the hub: {_reason(exc)}") from None
     siblings = {s.rfilename: s for s in info.siblings or []}
     names, pickle = hublock.needed_files(list(siblings))
     files = tuple(hublock.LockedFile(n, siblings[n].size, siblings[n].lfs.sha256 if siblings[n].lfs else None)
                   for n in names)
-    return hublock.Pin(repo, revision, info.sha, files), pickle
+    return hublock.Pin(repo, revision, commit, files), pickle
 
 
 def _resolve_cached(repo: str, revision: str) -> tuple[hublock.Pin, bool]:
-    from huggingface_hub import constants
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RevisionResolutionError
+    from huggingface_hub.file_download import repo_folder_name
 
-    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
-    commit = revision
-    if not hublock.COMMIT.fullmatch(revision):
-        try:
-            commit = (folder / "refs" / revision).read_text().strip()
-        except OSError:
-            raise HubError(f"{repo}@{revision} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                           "HF_HUB_OFFLINE is set: fetch it once with the network") from None
-    snapshot = folder / "snapshots" / commit
+    try:
+        commit = HfApi().resolve_revision(repo, revision=revision, local_files_only=True).resolved
+    except RevisionResolutionError:  # no ref of that name in the cache
+        raise HubError(f"{repo}@{revision} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                       "HF_HUB_OFFLINE is set: fetch it once with the network") from None
+    snapshot = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
     names, pickle = hublock.needed_files([p.relative_to(snapshot).as_posix()
                                           for p in snapshot.rglob("*") if p.is_file()])
     if not names:
