@@ -1,5 +1,5 @@
 """A hub model fetched by the model step, against a hub faked at the HTTP level (tests/fakehub.py):
-bytes downloaded against the files the model needs, and disk used (Hugging Face cache and store
+bytes downloaded (files and API answers) against the files the model needs, and disk used (Hugging Face cache and store
 together, each inode once, as `du` of both counts) against one copy of those files.
 
     python bench/hub_fetch [MB]      (default 200 MB of safetensors weights, in two shards)
@@ -84,10 +84,11 @@ def main() -> None:
         wall = time.perf_counter() - started
         if proc.returncode:
             sys.exit(proc.stderr + proc.stdout)
-        ours_bytes, ours_disk = hub.file_bytes, disk(t / "hf", t / "store" / "objects")
+        ours_bytes, ours_disk = hub.file_bytes + hub.api_bytes, disk(t / "hf", t / "store" / "objects")
 
         # The peer: the whole repository but pickle files, then a copy into a store folder.
         hub.served.clear()
+        hub.api_bytes = 0
         peer = subprocess.run([sys.executable, "-c", (
             "import shutil, sys; from huggingface_hub import snapshot_download; "
             "p = snapshot_download('org/tiny', ignore_patterns=['*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl']); "
@@ -95,7 +96,7 @@ def main() -> None:
             env={**env, "HF_HUB_CACHE": str(t / "hf_peer")}, capture_output=True, text=True)
         if peer.returncode:
             sys.exit(peer.stderr)
-        peer_bytes, peer_disk = hub.file_bytes, disk(t / "hf_peer", t / "copy")
+        peer_bytes, peer_disk = hub.file_bytes + hub.api_bytes, disk(t / "hf_peer", t / "copy")
         hub.stop()
         print(f"needed files {need / 1e6:.1f} MB; build {wall:.1f}s; downloaded {ours_bytes / 1e6:.1f} MB "
               f"(before: {peer_bytes / 1e6:.1f} MB); HF cache + store on disk {ours_disk / 1e6:.1f} MB "
