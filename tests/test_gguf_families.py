@@ -38,11 +38,12 @@ FAMILIES = {
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(tie_word_embeddings=False, sliding_window=None)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=False)),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, tie_word_embeddings=True)),
+    # Gemma's head_dim is not hidden / heads (Gemma 2 2B: 256 against 2304 / 8), nor here.
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
-        head_dim=16, query_pre_attn_scalar=16, attn_logit_softcapping=0.05, final_logit_softcapping=0.3,
+        head_dim=32, query_pre_attn_scalar=32, attn_logit_softcapping=0.05, final_logit_softcapping=0.3,
         sliding_window=WINDOW)),
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
-        num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+        num_hidden_layers=6, head_dim=32, query_pre_attn_scalar=32, sliding_window=WINDOW,
         layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
                      "full_attention", "sliding_attention"],
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},

@@ -118,8 +118,6 @@ def _attention_scale(config: dict, family: str, big_layers: int) -> None:
 
 
 def _gemma_common(writer: Any, config: dict) -> None:
-    writer.add_key_length(head_dim(config))
-    writer.add_value_length(head_dim(config))
     if config.get("sliding_window"):
         writer.add_sliding_window(int(config["sliding_window"]))
     pattern = _sliding_layers(config)
