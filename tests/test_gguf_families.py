@@ -171,7 +171,9 @@ def test_family_converts_with_parity(family_model, tmp_path, out_type, tolerance
 def test_family_metadata(family_model, tmp_path):
     """The keys each family is about, as llama.cpp reads them."""
     _, family, folder = family_model
-    meta = metadata(convert(folder, tmp_path / "m.gguf", "f16").path)
+    converted = convert(folder, tmp_path / "m.gguf", "f16")
+    assert converted.caveats == ()  # nothing here runs differently in llama.cpp
+    meta = metadata(converted.path)
     arch = meta["general.architecture"]
     config = json.loads((folder / "config.json").read_text())
     config = config.get("text_config", config)
@@ -295,3 +297,10 @@ def test_the_gguf_step_refuses_a_file_that_would_not_stop(tmp_path, capsys):
     err = capsys.readouterr().err
     # eos: the tokenizer's <|stop_a|>, eot: the template's <|stop_b|>, eom: <|stop_c|>; no key is left
     assert f"would not end generation at token ids [{ids['<|stop_d|>']}]" in err, err
+
+
+def test_what_llama_cpp_runs_differently_is_said(tokenizer, tmp_path):
+    """Mistral's sliding window, which llama.cpp does not apply: converted, with a caveat."""
+    folder = random_model(tmp_path / "model", "mistral", tokenizer, sliding_window=4096)
+    caveats = convert(folder, tmp_path / "m.gguf", "f16").caveats
+    assert len(caveats) == 1 and "past 4096 tokens" in caveats[0]

@@ -35,6 +35,7 @@ class Converted:
     arch: str
     tokenizer_pre: str
     chat_template: str | None
+    caveats: tuple[str, ...] = ()  # where llama.cpp will run the model differently from transformers
 
 
 def _config(folder: Path) -> dict:
@@ -437,7 +438,7 @@ def _convert(folder: Path, out: Path, out_type: str) -> Converted:
         del arr
     writer.close()
     reader.close()
-    return Converted(out, len(plan), parameters, arch_name, pre, template)
+    return Converted(out, len(plan), parameters, arch_name, pre, template, tuple(family.caveats(config)))
 
 
 def _transformed(arr: np.ndarray, hf_name: str, family: Family, heads: int, kv_heads: int) -> np.ndarray:

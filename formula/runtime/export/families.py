@@ -11,7 +11,7 @@ refuse an export of a family no converter knows before anything is trained.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -38,7 +38,8 @@ class Family:
     # tensors and settings are, and the tensors left out.
     language_model: str | None = None  # the prefix of its tensors, e.g. "language_model."
     left_out: tuple[str, ...] = ()  # prefixes of the tensors not converted
-    notes: tuple[str, ...] = field(default=())  # where llama.cpp runs the family differently
+    # Where llama.cpp runs a model of the family differently from transformers, given its config.
+    caveats: Callable[[dict], list[str]] = lambda config: []
 
 
 def language_config(config: dict, family: Family) -> dict:
@@ -159,16 +160,16 @@ def _phi3_rope_dims(config: dict) -> int:
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("LLAMA", permute_qk=True),
-    "mistral": Family("LLAMA", permute_qk=True, notes=(
-        "llama.cpp runs Mistral as llama, without a sliding window: a model with `sliding_window` "
-        "set (Mistral 7B v0.1: 4096) differs from transformers beyond that many tokens",)),
+    "mistral": Family("LLAMA", permute_qk=True, caveats=lambda c: [
+        f"llama.cpp runs Mistral as llama, without its sliding window: past {c['sliding_window']} tokens "
+        "it attends to more than transformers does"] if c.get("sliding_window") else []),
     "qwen2": Family("QWEN2", pre_tokenizer="qwen2"),
     "qwen3": Family("QWEN3"),
     "gemma2": Family("GEMMA2", norm_offset=1.0, metadata=_gemma2),
     "gemma3_text": Family("GEMMA3", norm_offset=1.0, metadata=_gemma3),
     "gemma3": Family("GEMMA3", norm_offset=1.0, metadata=_gemma3, language_model="language_model.",
                      left_out=("vision_tower.", "multi_modal_projector.")),
-    "phi3": Family("PHI3", metadata=_phi3, rope_dims=_phi3_rope_dims, notes=(
-        "llama.cpp disables Phi-3's sliding window: with `sliding_window` set (Phi-3-mini-4k: "
-        "2047) it differs from transformers beyond that many tokens",)),
+    "phi3": Family("PHI3", metadata=_phi3, rope_dims=_phi3_rope_dims, caveats=lambda c: [
+        f"llama.cpp disables Phi-3's sliding window: past {c['sliding_window']} tokens it attends to "
+        "more than transformers does"] if c.get("sliding_window") else []),
 }

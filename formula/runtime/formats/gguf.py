@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def run(cfg: Config, inputs: dict[str, Path], output: Path, work: Path) -> None:
     info: dict[str, Any] = {"quant": cfg.quant, "arch": converted.arch, "tokenizer_pre": converted.tokenizer_pre,
             "parameters": converted.parameters, "tensors": converted.tensors,
             "tensor_types": tensor_types(out), "bytes": out.stat().st_size,
-            "template_sha256": template_sha}
+            "template_sha256": template_sha, "caveats": list(converted.caveats)}
+    for caveat in converted.caveats:
+        print(f"warning: export `{cfg.export}` ({cfg.quant}): {caveat}", file=sys.stderr)
     (output / "gguf.json").write_text(json.dumps(info, indent=1, sort_keys=True))
     (output / "metrics.json").write_text(json.dumps({
         "bytes": info["bytes"], "parameters": info["parameters"], "template_sha256": template_sha,
