@@ -231,6 +231,14 @@ def test_check_reports_a_stale_lock(hub, tmp_path):
     r = cli("check", str(f))
     assert r.returncode == 0 and "stale-lock" in r.stderr and "`org/tiny` at `v2` is not pinned" in r.stderr
 
+    Path(f"{f}.lock").write_text('{"format": 1, "models": [{"repo": "org/tiny"}]}')
+    r = cli("check", str(f))
+    assert r.returncode == 1 and "bad-lock" in r.stderr and "Traceback" not in r.stderr
+    r = cli("lock", str(f))  # written again from nothing (the hub has no v2: a clear error)
+    assert r.returncode == 1 and "writing it again" in r.stderr and "cannot resolve org/tiny@v2" in r.stderr
+    f.write_text(FORMULA)
+    assert cli("lock", str(f)).returncode == 0 and cli("check", str(f)).returncode == 0
+
 
 def test_pickle_only_weights_are_refused_before_any_byte_of_them(hub, tmp_path):
     files = tiny_repo(tmp_path / "repo")

@@ -96,6 +96,12 @@ def cmd_lock(ns: argparse.Namespace) -> int:
     if not os.path.isfile(ns.formula):
         print(f"formula lock: no such formula: {ns.formula}", file=sys.stderr)
         return EXIT_USAGE
+    path = hublock.lock_path(ns.formula)
+    try:
+        hublock.read(path)
+    except hublock.LockError as exc:  # written again from nothing
+        print(f"formula lock: {exc}; writing it again", file=sys.stderr)
+        os.unlink(path)
     result = compile_formula(ns.formula)
     errors = [d for d in result.diagnostics if d.is_error]
     if errors or result.plan is None:

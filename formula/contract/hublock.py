@@ -106,8 +106,7 @@ def read(path: str) -> dict[tuple[str, str], Pin] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise LockError(f"cannot read the lock file {path}: {exc}; delete it and run "
-                        "`formula lock` to write it again") from None
+        raise LockError(f"cannot read the lock file {path}: {exc}") from None
     try:
         if data.get("format") != LOCK_FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {LOCK_FORMAT}")
@@ -119,8 +118,8 @@ def read(path: str) -> dict[tuple[str, str], Pin] | None:
             pins[(m["repo"], m["revision"])] = Pin(m["repo"], m["revision"], m["commit"], files)
         return pins
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise LockError(f"the lock file {path} is not one `formula lock` writes ({exc}); delete it "
-                        "and run `formula lock` to write it again") from None
+        raise LockError(f"the lock file {path} is not one `formula lock` writes "
+                        f"({exc})") from None
 
 
 def write(path: str, pins: dict[tuple[str, str], Pin]) -> None:
