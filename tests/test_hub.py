@@ -94,7 +94,7 @@ def test_needed_files_prefer_safetensors_and_leave_the_rest():
              "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
              "original/consolidated.00.pth", "model-q4_k_m.gguf", "tokenizer.json", "tokenizer.model",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "README.md",
-             "onnx/model.onnx", "flax_model.msgpack"]
+             "onnx/model.onnx", "flax_model.msgpack", "consolidated.safetensors", "params.json"]
     files, pickle = hublock.needed_files(names)
     assert not pickle
     assert files == ["chat_template.jinja", "config.json", "generation_config.json",

@@ -30,8 +30,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
 # Read only where the repository has no tokenizer.json (a slow tokenizer to convert).
 SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
-SAFETENSORS = ("*.safetensors", "model.safetensors.index.json")
-PICKLE_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+# The weights transformers loads: one file, or the shards its index names. Not Mistral's
+# `consolidated.safetensors` (the same weights for mistral-inference) nor adapters.
+SAFETENSORS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
 
 
 class LockError(ValueError):
@@ -68,8 +70,9 @@ def lock_path(formula: str) -> str:
 def needed_files(names: list[str] | tuple[str, ...]) -> tuple[list[str], bool]:
     """The files of a repository that a model needs, and whether its weights are pickle files.
 
-    Top-level files only: `original/` (Meta's checkpoints), GGUF, ONNX and framework copies
-    are never fetched. The safetensors weights (and their index) when there are any, else the
+    Top-level files only: `original/` (Meta's checkpoints), GGUF, ONNX, framework copies and
+    `consolidated.safetensors` are never fetched. The safetensors weights transformers loads
+    (and their index) when there are any, else the
     pickle weights (`pytorch_model*.bin`), which the model step reads only with
     `allow_pickle = true`; configs; the tokenizer, with the slow tokenizer's files only where
     there is no tokenizer.json; the chat template files."""
