@@ -206,3 +206,23 @@ def test_a_failing_step_on_submitit_is_summarized_as_a_local_one(tmp_path):
     assert {"corpus.sessions", "model.base", "tokenize.sessions.base"} <= steps_of(project.ran())
     project.build("--executor", "submitit:local")  # fixed: the rest builds, the rest stays cached
     assert steps_of(project.ran()) == {"train.sft", "assemble.merged", "gguf.gguf.q8_0", "eval.gate"}
+
+
+def test_an_interrupted_build_on_submitit_stops_its_job_and_step(tmp_path):
+    import signal
+
+    from test_build import Project
+    from test_faults import _start, _wait_for
+
+    project = Project(tmp_path)
+    pidfile = tmp_path / "train.pid"
+    proc, seen = _start(project, {"FORMULA_EXECUTOR": "submitit:local", "FAKE_SLEEP_TRAIN": "60",
+                                  "FAKE_PIDFILE_TRAIN": str(pidfile)})
+    assert _wait_for(pidfile.exists)
+    pid = int(pidfile.read_text())
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: the build cancels its jobs
+    err = "".join(seen) + proc.communicate(timeout=90)[1]
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "interrupted  train.sft  (interrupted)" in err, err
+    assert "not built: assemble.merged, gguf.gguf.q8_0, eval.gate" in err
+    assert _wait_for(lambda: not _alive(pid), 20), "the step outlived its cancelled job"

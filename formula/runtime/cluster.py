@@ -62,12 +62,16 @@ def run_step(command: list[str], env: dict[str, str], log: str) -> int:
     Ray task), it stops the step first. On node N > 0 of a multi-node job (Slurm's SLURM_NODEID,
     or NODE_RANK) the log is `LOG.nodeN`, and node 0 owns the output."""
     full = {**os.environ, **env}
-    full.pop("FORMULA_PARENT_PID", None)
+    full["FORMULA_PARENT_PID"] = str(os.getpid())  # the step exits if this process dies
     node = full.get("SLURM_NODEID") or full.get("NODE_RANK") or "0"
     full["FORMULA_NODE_RANK"] = node
     path = Path(log if node == "0" else f"{log}.node{node}")
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, *command[1:]]  # the worker's Python, with formula installed
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (scancel, submitit's local controller) stops the step too; submitit's own
+        # handler in a job only logs it
+        signal.signal(signal.SIGTERM, _interrupted)
     with open(path, "ab", buffering=0) as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=full, start_new_session=True)
@@ -80,6 +84,10 @@ def run_step(command: list[str], env: dict[str, str], log: str) -> int:
         except BaseException:
             _stop(proc)
             raise
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -106,15 +114,16 @@ def log_tail(log: Path) -> bytes:
 
 def _ended_without_status(task: Task, cancelled: bool, why: str) -> Finished:
     """A job that did not return the step's status (killed by the scheduler, its worker lost):
-    the reason goes into the log, so the failure summary shows it."""
+    the reason goes into the log, so the failure summary shows it. A cancelled one was stopped."""
+    if cancelled:
+        return Finished(-signal.SIGTERM, log_tail(task.log), cancelled=True, log=task.log)
     note = f"\n[formula] step {task.step}: its job ended without an exit status: {why.strip()}\n"
     try:
         with open(task.log, "ab") as fh:
             fh.write(note.encode())
     except OSError:
         pass
-    status = -signal.SIGTERM if cancelled else 1
-    return Finished(status, log_tail(task.log), cancelled=cancelled, log=task.log)
+    return Finished(1, log_tail(task.log), log=task.log)
 
 
 @dataclass(frozen=True)
@@ -185,13 +194,19 @@ class SubmititExecutor:
         return Finished(status, log_tail(task.log), cancelled=self._cancelled, log=task.log)
 
     def cancel(self) -> None:
-        """Cancel every job (`scancel` on Slurm; SIGINT to the local job, which stops its step)."""
+        """Cancel every job (`scancel` on Slurm; SIGTERM to a local job): each stops its step."""
         with self._lock:
             self._cancelled = True
             jobs = list(self._jobs)
         for job in jobs:
             try:
-                job.cancel(check=False)
+                process = getattr(job, "_process", None)  # a local job: its controller process
+                if process is not None:
+                    # SIGTERM, which the controller passes on to the job (its `cancel` sends
+                    # SIGINT, whose traceback would land in this build's terminal)
+                    process.send_signal(signal.SIGTERM)
+                else:
+                    job.cancel(check=False)
             except Exception:  # noqa: BLE001 (a job that already ended)
                 pass
 
