@@ -68,22 +68,27 @@ def run_step(command: list[str], env: dict[str, str], log: str) -> int:
     path = Path(log if node == "0" else f"{log}.node{node}")
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, *command[1:]]  # the worker's Python, with formula installed
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (scancel, submitit's local controller) stops the step too; submitit's own
-        # handler in a job only logs it
-        signal.signal(signal.SIGTERM, _interrupted)
-    with open(path, "ab", buffering=0) as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=full, start_new_session=True)
-        try:
-            # Polled, not a blocking wait: Ray cancels a task by raising KeyboardInterrupt in
-            # it between bytecodes, which a blocking wait would not reach until the step ended.
-            while proc.poll() is None:
-                time.sleep(0.2)
-            return proc.returncode
-        except BaseException:
-            _stop(proc)
-            raise
+    # SIGTERM (scancel, submitit's local controller) stops the step too (submitit's own handler
+    # in a job only logs it); the worker's handler is back once the step ended (a Ray worker
+    # runs other tasks after this one).
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _interrupted) if main else None
+    try:
+        with open(path, "ab", buffering=0) as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=full, start_new_session=True)
+            try:
+                # Polled, not a blocking wait: Ray cancels a task by raising KeyboardInterrupt in
+                # it between bytecodes, which a blocking wait would not reach until the step ended.
+                while proc.poll() is None:
+                    time.sleep(0.2)
+                return proc.returncode
+            except BaseException:
+                _stop(proc)
+                raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _interrupted(signum, frame) -> None:
