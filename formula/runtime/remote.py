@@ -170,7 +170,10 @@ class Remote:
     def seal_of(self, digest: str) -> dict[str, list] | None:
         """An object's listing on the remote, if it is whole there: the seal exists (it is written
         after the files) and its digests give the object's name."""
-        listing = self._json(self._seal(digest))
+        return self._seal_files(digest, self._json(self._seal(digest)))
+
+    @staticmethod
+    def _seal_files(digest: str, listing: object) -> dict[str, list] | None:
         try:
             files = listing["files"]  # type: ignore[index]
             if merkle({rel: f[3] for rel, f in files.items()}) != digest:
@@ -193,11 +196,12 @@ class Remote:
             return None
         started = time.time()
         digest = record["output"]
+        found = self._cat([self._seal(digest), self._log(key)])  # one round of requests
         if self.store.damage(digest):
-            self._fetch_objects([digest])
+            self._fetch_objects([digest], {digest: self._seal_files(digest, _parse(found.get(self._seal(digest))))})
         else:
             self._add(present=1)
-        self._fetch_log(key, record)
+        self._write_log(key, record, found.get(self._log(key)))
         self.store.record(key, record)
         self._add(records=1)
         self._add(seconds=time.time() - started)
@@ -219,20 +223,29 @@ class Remote:
             else:
                 records[key] = record
         need = sorted({r["output"] for r in records.values() if self.store.damage(r["output"])})
-        self._fetch_objects(need)
+        found = self._cat([self._seal(d) for d in need] + [self._log(k) for k in records])
+        self._fetch_objects(need, {d: self._seal_files(d, _parse(found.get(self._seal(d)))) for d in need})
         for key, record in records.items():  # records last: each names an object now stored
-            self._fetch_log(key, record)
+            self._write_log(key, record, found.get(self._log(key)))
             self.store.record(key, record)
             self._add(records=1)
         self._add(seconds=time.time() - started)
         return missing
 
-    def _fetch_objects(self, digests: list[str]) -> None:
-        """Download objects into `tmp/`, check every file against its seal, then rename each
-        into `objects/`. Nothing reaches `objects/` unverified."""
+    def _cat(self, paths: list[str]) -> dict[str, bytes]:
+        """Small files read at once (concurrently where the backend can); missing ones left out."""
+        if not paths:
+            return {}
+        with self._errors("download from"):
+            return self.fs.cat(paths, on_error="omit")
+
+    def _fetch_objects(self, digests: list[str], known: dict[str, dict[str, list] | None]) -> None:
+        """Download objects into `tmp/`, check every file against its seal (`known`: the seals
+        read already, None where missing or invalid), then rename each into `objects/`. Nothing
+        reaches `objects/` unverified."""
         seals = {}
         for digest in digests:
-            files = self.seal_of(digest)
+            files = known.get(digest)
             if files is None:
                 raise RemoteError(f"{self.url}: object {digest[:12]} has no valid seal (its push did "
                                   "not finish, or the seal was damaged); it was not used")
@@ -300,14 +313,11 @@ class Remote:
                 raise
         self._add(objects=1)
 
-    def _fetch_log(self, key: str, record: dict) -> None:
-        """The step's log, when the remote has it; the record then names the local copy."""
+    def _write_log(self, key: str, record: dict, data: bytes | None) -> None:
+        """The step's log, when the remote had it; the record then names the local copy."""
+        if data is None:
+            return
         local = self.store.log_path(key)
-        with self._errors("download from"):
-            try:
-                data = self.fs.cat_file(self._log(key))
-            except FileNotFoundError:
-                return
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
@@ -414,6 +424,13 @@ class Remote:
     def _temp_name(remote: str) -> str:
         head, name = remote.rsplit("/", 1)
         return f"{head}/.{name}.{uuid.uuid4().hex}.tmp"
+
+
+def _parse(data: bytes | None) -> object:
+    try:
+        return json.loads(data) if data is not None else None
+    except ValueError:
+        return None
 
 
 def _why(exc: BaseException) -> str:
