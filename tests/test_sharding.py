@@ -38,7 +38,8 @@ def test_a_7b_full_fine_tune_fits_24_gib_gpus_when_sharded_over_8():
     assert sharded.peak < 24 * GiB and M.refusal("sft", sharded, gpu) is None
     nodes = M.setup_of({"adapter": {"type": "full"}, "processes": 4, "nodes": 2, "sharding": "fsdp"},
                        "cuda", True, 2048)
-    assert nodes.processes == 8  # sharded over every process of every node
+    assert (nodes.processes, nodes.nodes) == (4, 2)
+    assert M.estimate(shape, nodes).optimizer == M.estimate(shape, replace(nodes, processes=8, nodes=1)).optimizer
 
 
 def test_fsdp_is_a_training_setting(tmp_path):

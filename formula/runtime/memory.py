@@ -168,6 +168,7 @@ class Setup:
     device: str = "cpu"
     processes: int = 1
     sharded: bool = False              # FSDP: weights, gradients and optimizer state split over the processes
+    nodes: int = 1                     # machines, `processes` on each (FSDP shards over them all)
     attention: str = "sdpa"
     padded: bool = True                # batches padded to their longest (not padding-free)
 
@@ -270,13 +271,14 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         adapter = trainable * tb
     gradients = trainable * tb
     optimizer = 2 * trainable * tb
-    if s.sharded and s.processes > 1:
+    world = s.processes * s.nodes
+    if s.sharded and world > 1:
         # FSDP keeps 1/N of each on a device, and gathers one layer's full weights at a time
         layer = weights // max(shape.layers, 1)
-        weights, adapter, gradients, optimizer = (-(-x // s.processes) for x in
+        weights, adapter, gradients, optimizer = (-(-x // world) for x in
                                                   (weights, adapter, gradients, optimizer))
         weights += layer
-    elif s.adapter == "full" and s.processes > 1:
+    elif s.adapter == "full" and world > 1:
         optimizer += gradients  # DDP's gradient buckets
     # autocast keeps a copy of each linear weight in the compute dtype through forward and backward
     cast = shape.linear_params() * compute if s.compute != s.weights and s.weights != "nf4" else 0
@@ -364,7 +366,7 @@ def setup_of(config: dict[str, Any], device: str, bf16_ok: bool, length: int, pa
                  checkpointing=bool(config.get("gradient_checkpointing", True)),
                  sequences=sequences if sequences is not None else (2 if pairs else 1),
                  reference_copy=pairs and full and config.get("method") == "dpo",
-                 device=device, processes=int(config.get("processes", 1)) * int(config.get("nodes", 1)),
+                 device=device, processes=int(config.get("processes", 1)), nodes=int(config.get("nodes", 1)),
                  sharded=config.get("sharding") == "fsdp",
                  attention=config.get("attention", "sdpa"), padded=padded)
 
