@@ -501,7 +501,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if not build.get("ok"):
         print(f"formula serve: warning: the latest build of {ns.formula} did not pass; serving "
               f"{step} as built", file=sys.stderr)
-    return serve(path, ns.host, ns.port)
+    return serve(path, ns.host, ns.port, ns.name or f"{Path(ns.formula).stem}/{step}", ns.backend)
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
@@ -655,11 +655,16 @@ def add_commands(sub) -> None:
     p.add_argument("--repair", action="store_true",
                    help="move damaged outputs to the store's quarantine, so the next build rebuilds them")
     p = formula_command("serve", "serve a built GGUF over the OpenAI API (llama.cpp)", cmd_serve,
-                        overrides=False, description="Serve the latest build's GGUF through "
-                        "llama-cpp-python's OpenAI-compatible server, with the chat template embedded in it.")
+                        overrides=False, description="Serve the latest build's GGUF through llama.cpp's "
+                        "llama-server with the chat template embedded in it: OpenAI chat completions "
+                        "with tool calls, and the Anthropic Messages API (docs/serve.md). The first run "
+                        "builds llama-server once if it is not on PATH or in $FORMULA_LLAMA_SERVER.")
     p.add_argument("--target", help="a GGUF step or its quant (default: the most compressed)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the model name clients see (default: FORMULA/STEP, e.g. tiny/gguf.gguf.q8_0)")
+    p.add_argument("--backend", help="llama-server (default) or llama-cpp-python (nothing to build, "
+                   "but tool calls only when a request forces one)")
     formula_command("report", "write the latest build's report and print its path", cmd_report,
                     overrides=False, description="Write the Markdown report of the latest build "
                     "(steps, checks, curves) and print its path.")

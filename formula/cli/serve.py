@@ -1,9 +1,10 @@
 """`formula serve`: a built export behind an OpenAI-compatible server.
 
 Which steps can be served, and with what, is their export format's (`formula/formats/`): a
-GGUF is served by llama-cpp-python's own server, with the chat template embedded in the file
-(the formula's, byte for byte, checked when the file was built), which the server uses when it
-is not told a chat format."""
+GGUF is served by llama.cpp's llama-server with `--jinja`, which renders the chat template
+embedded in the file (the formula's, byte for byte, checked when the file was built) and parses
+the model's `<tool_call>` blocks into OpenAI `tool_calls`, so an agent can use it (docs/serve.md).
+"""
 
 from __future__ import annotations
 
@@ -45,15 +46,30 @@ def artifact(step: str) -> str:
     return fmt.file
 
 
-def serve(path: Path, host: str, port: int, n_ctx: int = 0) -> int:
+def serve(path: Path, host: str, port: int, name: str, backend: str | None = None) -> int:
+    """Run the server for `path` as `name` until this command ends; its exit status."""
     fmt = next((f for f in FORMATS.values() if f.file == path.name and f.serve is not None), None)
     if fmt is None or fmt.serve is None:
         print(f"formula serve: no export format serves {path.name}", file=sys.stderr)
         return 2
-    cmd = fmt.serve(path, host, port, n_ctx)
-    print(f"serving {path} on http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops it", file=sys.stderr)
+    backend = backend or fmt.serve_backends[0]
+    if backend not in fmt.serve_backends:
+        print(f"formula serve: {fmt.name} is served by {' or '.join(fmt.serve_backends)}, not `{backend}`",
+              file=sys.stderr)
+        return 2
+    from formula.runtime.export.llama_server import Unavailable
     from formula.runtime.step import kill_on_parent_death
 
+    try:
+        cmd = fmt.serve(path, host, port, name, backend)
+    except Unavailable as exc:
+        others = [b for b in fmt.serve_backends if b != backend]
+        print(f"formula serve: {exc}" + (f"\n(or `--backend {others[0]}`, which needs nothing built but "
+                                         "returns tool calls only when a request forces one)" if others else ""),
+              file=sys.stderr)
+        return 1
+    print(f"serving {path} as model `{name}` on http://{host}:{port}/v1 (OpenAI API; {backend}); "
+          "Ctrl-C stops it", file=sys.stderr)
     # The server goes when this command goes, however it goes (Ctrl-C, kill, its shell closing).
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=kill_on_parent_death)
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())

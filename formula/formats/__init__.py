@@ -60,8 +60,10 @@ class ExportFormat:
     # checker refuses an export of another family where the model's family is known.
     architectures: tuple[str, ...] | None = None
     serve_first: tuple[str, ...] = ()  # the quants `formula serve` prefers, in order
-    # The command that serves the file over the OpenAI API, or None when it cannot be served.
-    serve: Callable[[Path, str, int, int], list[str]] | None = None
+    # The command that serves the file over the OpenAI API, or None when it cannot be served:
+    # (file, host, port, model name, backend) → argv; the backend is one of serve_backends.
+    serve: Callable[[Path, str, int, str, str], list[str]] | None = None
+    serve_backends: tuple[str, ...] = ()  # the servers it can run, the default first
 
 
 def _discover() -> dict[str, ExportFormat]:
