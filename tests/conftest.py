@@ -50,3 +50,17 @@ def built_example(tmp_path_factory):
     project, store = copy_example(tmp / "p"), tmp / "store"
     run_formula(project, store, "build", "tiny.formula", "--plain", "-j", "2")
     return project, store
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary():
+    """The llama-server `formula serve` runs: built the first time on a machine (minutes, cached
+    across runs in ~/.cache/formula), skipped only where it cannot be built (no cmake/compiler)."""
+    from formula.runtime.export import llama_server
+
+    if llama_server.find() is None:
+        try:
+            llama_server.tools()
+        except llama_server.Unavailable as exc:
+            pytest.skip(f"llama-server cannot be built here: {exc}")
+    return llama_server.binary()
