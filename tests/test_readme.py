@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT
 
 
@@ -20,8 +18,7 @@ def blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
-def test_the_walkthrough_runs_as_written(built_example, tmp_path):
-    pytest.importorskip("llama_cpp.server.app")
+def test_the_walkthrough_runs_as_written(built_example, llama_server_binary, tmp_path):
     _, store = built_example
     shutil.copytree(store, tmp_path / "store")
     shutil.rmtree("/tmp/my-formula", ignore_errors=True)
