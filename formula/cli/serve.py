@@ -57,12 +57,12 @@ def serve(path: Path, host: str, port: int, name: str, backend: str | None = Non
         print(f"formula serve: {fmt.name} is served by {' or '.join(fmt.serve_backends)}, not `{backend}`",
               file=sys.stderr)
         return 2
-    from formula.runtime.export.llama_server import Unavailable
+    from formula.runtime.export import llama_server
     from formula.runtime.step import kill_on_parent_death
 
     try:
-        cmd = fmt.serve(path, host, port, name, backend)
-    except Unavailable as exc:
+        cmd = fmt.serve(path, host, port, name, backend, llama_server.program)
+    except llama_server.Unavailable as exc:
         others = [b for b in fmt.serve_backends if b != backend]
         print(f"formula serve: {exc}" + (f"\n(or `--backend {others[0]}`, which needs nothing built but "
                                          "returns tool calls only when a request forces one)" if others else ""),

@@ -61,8 +61,10 @@ class ExportFormat:
     architectures: tuple[str, ...] | None = None
     serve_first: tuple[str, ...] = ()  # the quants `formula serve` prefers, in order
     # The command that serves the file over the OpenAI API, or None when it cannot be served:
-    # (file, host, port, model name, backend) → argv; the backend is one of serve_backends.
-    serve: Callable[[Path, str, int, str, str], list[str]] | None = None
+    # (file, host, port, model name, backend, program) → argv; the backend is one of
+    # serve_backends, and program(name) the path of a native program the runtime finds or builds
+    # (this layer builds nothing).
+    serve: Callable[[Path, str, int, str, str, Callable[[str], Path]], list[str]] | None = None
     serve_backends: tuple[str, ...] = ()  # the servers it can run, the default first
 
 

@@ -10,6 +10,7 @@ matrix are refused too (formula makes none yet). The runtime side, converter and
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from formula.formats import ExportFormat, Problem, Quant
@@ -56,20 +57,18 @@ def rules(quants: tuple[str, ...], model: str, shapes: dict[str, int] | None) ->
     return out
 
 
-def serve(path: Path, host: str, port: int, name: str, backend: str) -> list[str]:
+def serve(path: Path, host: str, port: int, name: str, backend: str, program: Callable[[str], Path]) -> list[str]:
     """The file behind an OpenAI-compatible server, with the chat template embedded in it.
 
     llama.cpp's llama-server (`--jinja`) turns the `<tool_call>` blocks the template renders into
-    OpenAI `tool_calls`, and serves the Anthropic Messages API at /v1/messages too; it is found or
-    built by `formula.runtime.export.llama_server` (which raises `Unavailable` when it cannot be).
+    OpenAI `tool_calls`, and serves the Anthropic Messages API at /v1/messages too; `program`
+    finds or builds it (formula/runtime/export/llama_server.py).
     llama-cpp-python's server needs nothing built, but returns tool calls only when one is forced.
     Both keep an f32 KV cache, as the evals do (the f16 default moves logits by ~4e-3)."""
     if backend == "llama-cpp-python":
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", name,
                 "--host", host, "--port", str(port), "--n_ctx", "0", "--type_k", "0", "--type_v", "0"]
-    from formula.runtime.export.llama_server import binary
-
-    return [str(binary()), "--model", str(path), "--alias", name, "--host", host, "--port", str(port),
+    return [str(program("llama-server")), "--model", str(path), "--alias", name, "--host", host, "--port", str(port),
             "--jinja", "--ctx-size", "0", "--cache-type-k", "f32", "--cache-type-v", "f32", "--no-webui"]
 
 

@@ -111,6 +111,13 @@ def binary() -> Path:
         lock.release()
 
 
+def program(name: str) -> Path:
+    """The native programs export formats run (formula/formats: ExportFormat.serve)."""
+    if name != "llama-server":
+        raise Unavailable(f"no way to build `{name}`")
+    return binary()
+
+
 def tools() -> tuple[str, str]:
     """cmake and a C++ compiler, or a message naming what is missing."""
     venv_bin = Path(sys.executable).parent  # pip's `cmake` package installs here
