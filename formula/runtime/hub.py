@@ -44,9 +44,13 @@ def resolve(repo: str, revision: str) -> tuple[hublock.Pin, bool]:
         raise HubError(f"cannot resolve {repo}@{revision} on the hub: {_reason(exc)}") from None
     siblings = {s.rfilename: s for s in info.siblings or []}
     names, pickle = hublock.needed_files(list(siblings))
-    files = tuple(hublock.LockedFile(n, siblings[n].size, siblings[n].lfs.sha256 if siblings[n].lfs else None)
-                  for n in names)
+    files = tuple(hublock.LockedFile(n, siblings[n].size, _sha256(siblings[n])) for n in names)
     return hublock.Pin(repo, revision, commit, files), pickle
+
+
+def _sha256(sibling) -> str | None:
+    lfs = sibling.lfs
+    return lfs.sha256 if lfs is not None else None
 
 
 def _resolve_cached(repo: str, revision: str) -> tuple[hublock.Pin, bool]:

@@ -73,10 +73,16 @@ def copy_weights(cfg: Config, folder: Path, output: Path, what: str) -> None:
         fail(f"model `{cfg.name}`: {what} holds no safetensors weights")
     if not cfg.allow_pickle:
         fail(f"model `{cfg.name}`: " + weights.refusal(what, pickles, cfg.name))
-    from transformers import AutoModelForCausalLM
-
     print(f"model `{cfg.name}`: reading the pickle weights {', '.join(pickles)} (allow_pickle = true) "
           "and storing them as safetensors", flush=True)
+    pickle_to_safetensors(folder, output)
+
+
+def pickle_to_safetensors(folder: Path, output: Path) -> None:
+    """The one place a model's pickle weights are read (allow_pickle = true), with torch's
+    weights_only loader, and stored as safetensors."""
+    from transformers import AutoModelForCausalLM
+
     AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False, dtype="auto").save_pretrained(output)
 
 
@@ -123,10 +129,8 @@ def hub_files(cfg: Config, snapshot: Path, names: list[str], output: Path) -> li
         elif not name.endswith(weights.PICKLE_SUFFIXES):
             shutil.copyfile(snapshot / name, output / name)
     if not later:
-        from transformers import AutoModelForCausalLM
-
         print(f"model `{cfg.name}`: reading the pickle weights and storing them as safetensors", flush=True)
-        AutoModelForCausalLM.from_pretrained(snapshot, use_safetensors=False, dtype="auto").save_pretrained(output)
+        pickle_to_safetensors(snapshot, output)
     return later
 
 
