@@ -85,3 +85,19 @@ def test_time_limits(text, mins):
 @pytest.mark.parametrize("text", ["", "4", "4 hours", "1h1h", "0m", "1:61", "h"])
 def test_not_time_limits(text):
     assert minutes(text) is None
+
+
+def test_a_formula_asks_resources_for_a_stage_its_parent_defines(tmp_path):
+    """A role formula that extends a library adds the cluster's wishes by override, without
+    redefining the stage (docs/scale.md)."""
+    base = graph(formula_with(tmp_path, ""))
+    child = tmp_path / "child.formula"
+    child.write_text('formula child {\n  description = "x"\n}\n\nextends "tiny.formula"\n\n'
+                     'stage.lm.resources.gpus = 2\nstage.lm.resources.partition = "gpu"\n')
+    asked = graph(compile_formula(str(child)))
+    assert asked.steps["train.lm"].resources == {"gpus": 2, "partition": "gpu"}
+    assert asked.steps["train.lm"].config == base.steps["train.lm"].config
+    child.write_text(child.read_text() + "stage.lm.resources.gpu = 1\nstage.lm.optimizer.beta = 4\n")
+    errors = [d for d in compile_formula(str(child)).diagnostics if d.is_error]
+    text = " ".join(f"{d.code} {d.message} {d.help}" for d in errors)
+    assert "did you mean `gpus`" in text and "`optimizer` is not set in this block" in text, text

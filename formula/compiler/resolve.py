@@ -11,7 +11,7 @@ from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from . import ast
+from . import ast, resources
 from .diagnostics import Diagnostic, Label, did_you_mean, error
 from .parse import PARSE_CODES, parse, undecodable
 from .schema import SCHEMAS
@@ -333,7 +333,8 @@ class _Resolver:
         fspec = SCHEMAS[head].field(target[2].name)
         if from_cli and value is not None and fspec is not None and len(target) == 3:
             value = _coerce_cli(value, isinstance(fspec.type, Str))
-        members = _set_member(block.members, target[2:], value, span)
+        openable = frozenset(SCHEMAS[head].sub_blocks + (("resources",) if head in resources.KINDS else ()))
+        members = _set_member(block.members, target[2:], value, span, openable)
         if isinstance(members, str):
             self.diagnostics.append(error("bad-override", members, span, "cannot set this"))
             return
@@ -341,8 +342,11 @@ class _Resolver:
 
 
 def _set_member(members: tuple[ast.Member, ...], path: tuple[ast.Ident, ...],
-                value: ast.Expr | None, span: Span) -> tuple[ast.Member, ...] | str:
-    """Replace (or add, or delete) the field at `path`; deeper paths go into calls' kwargs."""
+                value: ast.Expr | None, span: Span,
+                openable: frozenset[str] = frozenset()) -> tuple[ast.Member, ...] | str:
+    """Replace (or add, or delete) the field at `path`; deeper paths go into calls' kwargs or
+    sub-blocks. A sub-block the block may hold (`openable`: `stage.sft.resources.gpus = 1` on a
+    stage a library defines) is added when it is not there."""
     name = path[0].name
     out = list(members)
     for i, m in enumerate(out):
@@ -366,6 +370,11 @@ def _set_member(members: tuple[ast.Member, ...], path: tuple[ast.Ident, ...],
                 return inner
             out[i] = ast.SubBlock(m.name, inner, m.span)
             return tuple(out)
+    if len(path) > 1 and name in openable and value is not None:
+        inner = _set_member((), path[1:], value, span)
+        if isinstance(inner, str):
+            return inner
+        return (*out, ast.SubBlock(path[0], inner, span))
     if len(path) > 1:
         return f"`{name}` is not set in this block, so `{path[1].name}` inside it cannot be"
     if value is not None:
