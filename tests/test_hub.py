@@ -148,6 +148,13 @@ def test_lock_pins_builds_fetch_only_what_the_model_needs_and_share_the_cache(hu
     r = cli("plan", str(f), "--only", "model.base")
     assert "model.safetensors: content differs from when it was stored" in r.stdout, r.stdout + r.stderr
 
+    # Built again, the step finds the damaged file in the cache: its bytes are checked against
+    # the lock's sha256 before anything is made of them.
+    r = cli("build", str(f), "--only", "model.base", "--plain")
+    assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
+    assert f"model.safetensors of {REPO} at {sha} has sha256" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert f"the lock file pins {weights['sha256']}" in r.stdout + r.stderr
+
 
 def test_weights_are_copied_where_they_cannot_be_linked(tmp_path, monkeypatch):
     from formula.runtime import hub

@@ -59,6 +59,11 @@ class Pin:
         return tuple(f.name for f in self.files)
 
     @property
+    def sha256sums(self) -> tuple[str, ...]:
+        """`sha256sum` lines ("HEX  NAME") of the files whose sha256 the lock holds."""
+        return tuple(f"{f.sha256}  {f.name}" for f in self.files if f.sha256)
+
+    @property
     def size(self) -> int:
         return sum(f.size or 0 for f in self.files)
 

@@ -46,6 +46,9 @@ class HubSource:
     # the pin moves. Empty where the formula has no lock entry yet.
     commit: str = optional_key("")
     files: tuple[str, ...] = optional_key(())
+    # The lock's sha256 of the files the hub keeps in LFS (the weights), as `sha256sum` prints
+    # them ("HEX  NAME"): the model step checks the downloaded bytes against them.
+    sha256: tuple[str, ...] = optional_key(())
 
 
 @dataclass(frozen=True)

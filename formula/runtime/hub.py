@@ -94,6 +94,26 @@ def fetch(repo: str, commit: str, names: list[str] | tuple[str, ...]) -> Path:
     return snapshot
 
 
+def verify(repo: str, commit: str, snapshot: Path, sha256sums: tuple[str, ...] | list[str]) -> None:
+    """The fetched files against the lock's sha256 (huggingface_hub checks no bytes it
+    downloads): a truncated or corrupted download, or a cache file changed since, is refused
+    before anything is built from it."""
+    import hashlib
+
+    for line in sha256sums:
+        want, name = line.split("  ", 1)
+        path = snapshot / name
+        if not path.is_file():
+            continue  # not fetched (a tokenizer-only model's weights)
+        with open(path, "rb") as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+        if got != want:
+            blob = os.path.realpath(path)
+            raise HubError(f"{name} of {repo} at {commit} has sha256 {got}, but the lock file pins {want}: "
+                           f"the download is damaged or the cached file ({blob}) was changed. Delete that file "
+                           f"(or `hf cache delete`) and build again, which downloads it anew")
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -116,7 +116,7 @@ def _pinned(ck: Checker, source: plan.HubSource, span: Span) -> plan.HubSource:
                 f"{templates.shown(path)}", span, "not in the lock file",
                 help="`formula lock FORMULA` pins it to a commit (`formula build` does too, and says so)"))
         return source
-    return replace(source, commit=pin.commit, files=pin.names)
+    return replace(source, commit=pin.commit, files=pin.names, sha256=pin.sha256sums)
 
 
 def _template_fits(ck: Checker, b: BlockDef, template: plan.Template, source: plan.ModelSource,

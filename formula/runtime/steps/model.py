@@ -92,7 +92,7 @@ def hub_snapshot(cfg: Config, src: HubSource, tokenizer_only: bool = False) -> t
     refused before anything is downloaded unless the model allows them."""
     from formula.runtime import hub
 
-    commit, names = src.commit, list(src.files)
+    commit, names, sums = src.commit, list(src.files), src.sha256
     if not commit:
         print(f"model `{cfg.name}`: {src.id}@{src.revision} has no lock entry; resolving it now "
               "(`formula lock` pins it, so that a moved revision changes nothing unnoticed)", flush=True)
@@ -100,7 +100,7 @@ def hub_snapshot(cfg: Config, src: HubSource, tokenizer_only: bool = False) -> t
             pin, _ = hub.resolve(src.id, src.revision)
         except hub.HubError as exc:
             fail(f"model `{cfg.name}`: {exc}")
-        commit, names = pin.commit, list(pin.names)
+        commit, names, sums = pin.commit, list(pin.names), pin.sha256sums
     what = f"hub model {src.id}@{src.revision} ({commit[:12]})"
     if tokenizer_only:
         names = hublock.tokenizer_files(tuple(names))
@@ -113,9 +113,11 @@ def hub_snapshot(cfg: Config, src: HubSource, tokenizer_only: bool = False) -> t
         print(f"model `{cfg.name}`: warning: {what} has pickle weights only ({', '.join(pickles)}); "
               "fetching them (allow_pickle = true)", flush=True)
     try:
-        return hub.fetch(src.id, commit, names), names
+        snapshot = hub.fetch(src.id, commit, names)
+        hub.verify(src.id, commit, snapshot, [s for s in sums if s.split("  ", 1)[1] in names])
     except hub.HubError as exc:
         fail(f"model `{cfg.name}`: {exc}")
+    return snapshot, names
 
 
 def hub_files(cfg: Config, snapshot: Path, names: list[str], output: Path) -> list[str]:
