@@ -269,3 +269,26 @@ def test_a_hub_tokenizer_fetches_the_tokenizer_files_only(hub, tmp_path):
     assert f"pinned {REPO}@main to {sha}" in r.stderr
     assert sorted(k.split("/", 2)[2] for k in hub.served) == [
         "chat_template.jinja", "config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_check_reads_the_family_at_the_pinned_commit(tmp_path, monkeypatch):
+    """`formula check` knows a cached hub model's family from its config.json at the commit the
+    lock pins, not at wherever `main` points in the cache now."""
+    from formula.compiler.pipeline import compile_formula
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    folder = tmp_path / "hf" / "models--org--tiny"
+    old, new = "a" * 40, "b" * 40
+    for commit, family in ((old, "llama"), (new, "gpt2")):
+        (folder / "snapshots" / commit).mkdir(parents=True)
+        (folder / "snapshots" / commit / "config.json").write_text(json.dumps({"model_type": family}))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(new)  # main moved to a gpt2 model since the pin
+    f = formula(tmp_path)
+
+    def codes() -> set[str]:
+        return {d.code for d in compile_formula(str(f)).diagnostics}
+
+    assert "unsupported-family" in codes()  # unpinned: main, as the cache has it
+    hublock.write(f"{f}.lock", {(REPO, "main"): hublock.Pin(REPO, "main", old, (hublock.LockedFile("config.json"),))})
+    assert "unsupported-family" not in codes()  # pinned to the llama commit

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from formula.contract import hublock
 from formula.contract import types as T
 
 from . import ast, plan
@@ -677,7 +678,7 @@ class Evaluator:
                      source: object) -> None:
         """LoRA targets that name no module of the model, where its family is known: made by
         `init`, or a local folder or a hub model in the local cache whose config.json says."""
-        family = model_family(model, source)
+        family = model_family(model, source, self.program.root.path)
         if family is None or family not in LORA_MODULES:
             return
         names = LORA_MODULES[family]
@@ -1020,8 +1021,10 @@ LORA_MODULES = {
 }
 
 
-def model_family(model: BlockDef | None, source: object) -> str | None:
-    """A model's `model_type`, where it can be known without a download."""
+def model_family(model: BlockDef | None, source: object, formula: str | None = None) -> str | None:
+    """A model's `model_type`, where it can be known without a download: from `init`, a local
+    folder's config.json, or a hub model's in the local cache, at the commit the lock file of
+    `formula` (the root formula) pins, else at what its revision names in the cache."""
     if not isinstance(source, FuncValue):
         return None
     if source.name == "init":
@@ -1031,7 +1034,8 @@ def model_family(model: BlockDef | None, source: object) -> str | None:
         folder = os.path.expanduser(source.args["dir"])
         config = os.path.join(os.path.dirname(os.path.abspath(model.scope.path)), folder, "config.json")
     elif source.name == "hub":
-        config = _cached_hub_config(source.args["id"], source.args.get("revision") or "main")
+        repo, revision = source.args["id"], source.args.get("revision") or "main"
+        config = _cached_hub_config(repo, _pinned_commit(formula, repo, revision) or revision)
     if not config:
         return None
     try:
@@ -1040,6 +1044,17 @@ def model_family(model: BlockDef | None, source: object) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return kind if isinstance(kind, str) else None
+
+
+def _pinned_commit(formula: str | None, repo: str, revision: str) -> str | None:
+    if formula is None:
+        return None
+    try:
+        pins = hublock.read(hublock.lock_path(formula))
+    except hublock.LockError:
+        return None  # the model's own check says what is wrong with the lock file
+    pin = pins.get((repo, revision)) if pins else None
+    return pin.commit if pin else None
 
 
 def _cached_hub_config(repo: str, revision: str) -> str | None:

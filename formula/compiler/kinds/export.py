@@ -40,7 +40,7 @@ def build(ck: Checker, c: Checked) -> plan.ExportPlan | None:
         src = ck.checked[id(model)].values.get("from")
         if isinstance(src, FuncValue) and src.name == "init":
             shapes = {"hidden": src.args["hidden"], "ffn": src.args["ffn"]}
-        family = model_family(model, src)
+        family = model_family(model, src, ck.program.root.path)
         if fmt.architectures is not None and family is not None and family not in fmt.architectures:
             at = c.nodes["format"].value if "format" in c.nodes else b.name
             ck.err("unsupported-family", f"`{model.name.name}` is a {family} model, which the {fmt.name} "
