@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from formula.contract import types as T
-from formula.compiler.schema import (METADATA_FIELDS, METRICS, SCHEMAS, SIGNIFICANT, TAGGED, VAR_TYPES,
+from formula.compiler.schema import (METADATA_FIELDS, METRICS, SCHEMAS, GATE_TESTS, TAGGED, VAR_TYPES,
                                     FieldSpec)
 from formula.formats import FORMATS
 
@@ -81,7 +81,9 @@ def render() -> str:
         if schema.checks:
             out += ["", "Also: `check METRIC OP THRESHOLD` lines (see metrics below), and "
                     "`check significant(METRIC OP METRIC, confidence = 95%)`: the comparison must also "
-                    "hold in all but 1 - confidence of the paired bootstrap resamples of the sessions. "
+                    "hold in all but 1 - confidence of the paired bootstrap resamples of the sessions; "
+                    "`check not_worse(METRIC >= METRIC)` (or `<=`) fails only where the resamples show it "
+                    "broken beyond the noise (a regression gate that equal models pass). "
                     "A metric's model may be `tagged(\"NAME\")`: the same target in the build named "
                     "with `formula tag NAME FORMULA` (`perplexity(tagged(\"v1\"), data.holdout)`)."]
         if schema.sub_blocks:
@@ -89,7 +91,7 @@ def render() -> str:
                     + " holding literal fields."]
         out.append("")
     out += ["## Functions", "", "| call | arguments | what it is |", "|---|---|---|"]
-    for name, func in sorted({**funcs, **METRICS, SIGNIFICANT.name: SIGNIFICANT, TAGGED.name: TAGGED}.items()):
+    for name, func in sorted({**funcs, **METRICS, **GATE_TESTS, TAGGED.name: TAGGED}.items()):
         args = ", ".join(("" if p.positional else "") + p.name + ("" if p.required else "?")
                          for p in func.params)
         out.append(f"| `{name}({args})` | " + "; ".join(

@@ -57,7 +57,7 @@ def test_the_example_reports_next_action_per_role_with_intervals(built_example):
     assert trained["tool_accuracy"] >= 0.9 and base["tool_accuracy"] == 0
     assert trained["reused_tokens"] > 0  # the turns of a session share the KV cache
     gate = next(g for g in report["gates"] if g["check"].startswith("significant("))
-    assert gate["passed"] and gate["significance"]["significant"] and gate["significance"]["bound"] > 0
+    assert gate["passed"] and gate["significance"]["held"] and gate["significance"]["bound"] > 0
     turns = json.loads((out / "generations.json").read_text())
     assert len(next(v for k, v in turns.items() if k.startswith("next_action(sessions"))) == trained["turns"]
     text = (out / "report.md").read_text()

@@ -203,9 +203,10 @@ def leaf(label):
     return {"metric": "next_action", "model": label, "label": label, "attr": "tool_accuracy"}
 
 
-def gate(op=">", confidence=0.95):
+def gate(op=">", confidence=0.95, test=None):
     return {"left": leaf("trained"), "op": op, "right": leaf("base"), "text": "t",
-            **({"significant": {"confidence": confidence}} if confidence else {})}
+            **({"significant": {"confidence": confidence, **({"test": test} if test else {})}}
+               if confidence else {})}
 
 
 def test_a_real_improvement_is_significant():
@@ -213,7 +214,7 @@ def test_a_real_improvement_is_significant():
     ev = _evaluator({"trained": (units, [3.0] * 25 + [1.0] * 5, [4.0] * 30),
                      "base": (units, [1.0] * 25 + [1.0] * 5, [4.0] * 30)})
     g = ev.gate(gate())
-    assert g["passed"] and g["significance"]["significant"], g
+    assert g["passed"] and g["significance"]["held"], g
     assert g["significance"]["share"] == 1.0 and g["significance"]["bound"] > 0
     assert g["left_interval"][0] < g["left"] < g["left_interval"][1]
     assert "significant: holds in 100.0% of 2000 paired resamples" in g["detail"]
@@ -226,7 +227,7 @@ def test_a_difference_within_the_noise_is_not():
                      "base": (units, [1.0] * 8, [4.0] * 8)})
     g = ev.gate(gate())
     assert g["left"] > g["right"]
-    assert not g["passed"] and not g["significance"]["significant"]
+    assert not g["passed"] and not g["significance"]["held"]
     assert "; not significant: " in g["detail"]
     plain = ev.gate(gate(confidence=None))  # the same comparison without significant(...) passes
     assert plain["passed"] and "significance" not in plain
@@ -240,7 +241,7 @@ def test_pairing_cancels_what_the_sessions_share():
     ev = _evaluator({"trained": (units, [h + 1 for h in hard], [5.0] * 12),
                      "base": (units, hard, [5.0] * 12)})
     g = ev.gate(gate())
-    assert g["significance"]["significant"]
+    assert g["significance"]["held"]
     assert g["left_interval"][0] < g["right_interval"][1]  # the two intervals overlap
 
 
@@ -249,6 +250,30 @@ def test_significance_is_one_sided_in_the_direction_of_the_check():
     ev = _evaluator({"trained": (units, [1.0] * 30, [4.0] * 30), "base": (units, [3.0] * 30, [4.0] * 30)})
     assert ev.gate(gate("<"))["passed"]
     assert not ev.gate(gate(">"))["passed"]
+
+
+def test_not_worse_passes_equal_models_and_a_drop_within_the_noise():
+    units = [f"s{i}" for i in range(8)]
+    same = (units, [2.0, 1.0, 3.0, 0.0, 2.0, 4.0, 1.0, 2.0], [4.0] * 8)
+    ev = _evaluator({"trained": same, "base": same})
+    assert not ev.gate(gate(">="))["passed"]  # significant(>=) asks for an improvement
+    g = ev.gate(gate(">=", test="not_worse"))
+    assert g["passed"] and g["significance"]["held"] and "; not worse beyond the noise" in g["detail"], g
+    # behind on one session of eight: below the line as measured, not beyond the noise
+    ev = _evaluator({"trained": (units, [1.0] + same[1][1:], same[2]), "base": same})
+    g = ev.gate(gate(">=", test="not_worse"))
+    assert g["left"] < g["right"] and g["passed"], g
+    assert not ev.gate(gate(">=", confidence=None))["passed"]  # the plain check fails on it
+
+
+def test_not_worse_fails_a_clear_regression_in_the_direction_of_the_check():
+    units = [f"s{i}" for i in range(30)]
+    worse, better = (units, [1.0] * 30, [4.0] * 30), (units, [3.0] * 30, [4.0] * 30)
+    ev = _evaluator({"trained": worse, "base": better})
+    g = ev.gate(gate(">=", test="not_worse"))
+    assert not g["passed"] and not g["significance"]["held"] and g["significance"]["bound"] < 0
+    assert "; worse beyond the noise: holds in 0.0% of 2000 paired resamples" in g["detail"], g["detail"]
+    assert ev.gate(gate("<=", test="not_worse"))["passed"]  # lower is better for `<=` (perplexity)
 
 
 # --- the language ------------------------------------------------------------------------------
@@ -271,7 +296,7 @@ def test_a_significance_check_lowers_to_a_gate_over_the_corpus_sessions(tmp_path
     assert result.ok, result.diagnostics
     step = lower(result.plan).steps["eval.gate"]
     g = step.config["gates"][0]
-    assert g["significant"] == {"confidence": 0.9}
+    assert g["significant"] == {"confidence": 0.9}  # the key a significance check always had
     assert g["left"]["metric"] == "next_action" and g["left"]["attr"] == "tool_accuracy"
     assert g["left"]["data"] == g["right"]["data"]  # one input: the sessions do not depend on the model
     assert step.deps[g["left"]["data"]] == "corpus.sessions"
@@ -331,3 +356,21 @@ def test_transformers_answers_as_the_gguf_does(built_example):
         gguf, _ = next_actions(llm, turns, 64)
     same = sum(a == b for a, b in zip(hf, gguf))
     assert same >= 0.9 * len(turns), f"{same} of {len(turns)}"
+
+
+def test_a_not_worse_check_lowers_with_its_test(tmp_path):
+    from conftest import ROOT
+
+    from formula.compiler.lower import lower
+    from formula.compiler.pipeline import compile_formula
+
+    text = (ROOT / "examples" / "tiny.formula").read_text().replace(
+        "eval gate {\n  on = gguf.q8_0\n",
+        "eval gate {\n  on = gguf.q8_0\n  check not_worse(perplexity(sessions.holdout) <= perplexity(tiny, sessions.holdout))\n")
+    (tmp_path / "tiny.formula").write_text(text)
+    for name in ("data", "evals"):
+        (tmp_path / name).symlink_to(ROOT / "examples" / name)
+    result = compile_formula(str(tmp_path / "tiny.formula"), [])
+    assert result.ok, result.diagnostics
+    g = lower(result.plan).steps["eval.gate"].config["gates"][0]
+    assert g["significant"] == {"confidence": 0.95, "test": "not_worse"} and g["op"] == "<="

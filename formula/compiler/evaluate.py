@@ -22,7 +22,7 @@ from .diagnostics import (Diagnostic, Label, did_you_mean, edit_distance, error,
                           one_of, warning)
 from .resolve import BlockDef, Program, Scope, VarDef
 from .schema import (LM_EVAL, LM_EVAL_FIGURES, METADATA_FIELDS, METRIC_ATTRS, METRICS, ROLES, SCHEMAS,
-                     SIGNIFICANT, TAGGED, VAR_TYPES, is_task_file)
+                     GATE_TESTS, TAGGED, VAR_TYPES, is_task_file)
 from .source import Span
 
 
@@ -844,20 +844,27 @@ class Evaluator:
     # --- eval checks ------------------------------------------------------------------------
 
     def gate(self, expr: ast.Expr, scope: Scope) -> tuple | _Invalid:
-        """(left, op, right, confidence): confidence is None, or the level a
-        `significant(COMPARISON, confidence = ...)` check asks for."""
-        confidence = None
-        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.name == "significant":
+        """(left, op, right, confidence, test): confidence is None, or the level that a
+        `significant(COMPARISON, confidence = ...)` or `not_worse(...)` check (`test`) asks for."""
+        confidence, test = None, "significant"
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.name in GATE_TESTS:
+            test = expr.func.name
             if len(expr.args) != 1:
-                return self.err("bad-check", "`significant(...)` takes one comparison", expr.span,
+                return self.err("bad-check", f"`{test}(...)` takes one comparison", expr.span,
                                 f"{len(expr.args)} comparisons" if expr.args else "no comparison",
-                                help="e.g. `check significant(next_action(data.holdout).tool_accuracy > "
+                                help=f"e.g. `check {test}(next_action(data.holdout).tool_accuracy "
+                                f"{'>' if test == 'significant' else '>='} "
                                 "next_action(base, data.holdout).tool_accuracy)`")
-            wrapper = self._eval_Func(ast.Call(expr.func, (), expr.kwargs, expr.span), SIGNIFICANT, scope)
+            wrapper = self._eval_Func(ast.Call(expr.func, (), expr.kwargs, expr.span), GATE_TESTS[test], scope)
             if wrapper is INVALID:
                 return INVALID
             confidence = float(wrapper.args["confidence"])
             expr = expr.args[0]
+            if test == "not_worse" and isinstance(expr, ast.Compare) and expr.op in ("<", ">"):
+                return self.err("bad-check", "`not_worse(...)` asks that a side be no worse, not better",
+                                expr.span, f"`{expr.op}` asks for better",
+                                help=f"write `{expr.op}=` (fails only where it is worse beyond the noise), "
+                                f"or `significant(... {expr.op} ...)` for an improvement beyond it")
         if not isinstance(expr, ast.Compare) or expr.op in ("==", "!=", "in"):
             return self.err("bad-check", "a check compares a metric with a threshold", expr.span,
                             "not a comparison" if not isinstance(expr, ast.Compare) else
@@ -870,7 +877,7 @@ class Evaluator:
             return self.err("bad-check", "this check compares two constants", expr.span,
                             "no metric here", help="measure something: `perplexity(...)`, "
                             "`prompts(...).pass_rate` or `eos_rate(...)`")
-        return left, expr.op, right, confidence
+        return left, expr.op, right, confidence, test
 
     def _eval_Metric(self, expr, typ, scope):
         value = self.metric(expr, scope)

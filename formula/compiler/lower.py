@@ -225,7 +225,9 @@ class _Lowering:
             return out
 
         gates = tuple({"left": metric(g.left), "op": g.op, "right": metric(g.right), "text": g.text,
-                       **({"significant": {"confidence": g.confidence}} if g.confidence is not None else {})}
+                       **({"significant": {"confidence": g.confidence,
+                                           **({"test": g.test} if g.test != "significant" else {})}}
+                          if g.confidence is not None else {})}
                       for g in v.gates)
         metrics = tuple(metric(m) for m in v.metrics)
         for i, need in enumerate(v.needs):

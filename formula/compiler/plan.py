@@ -163,7 +163,8 @@ class GatePlan:
     right: MetricExpr
     text: str  # the check as written, for reports
     origin: Origin
-    confidence: float | None = None  # significant(...): the level the difference must hold at
+    confidence: float | None = None  # significant(...), not_worse(...): the test's level
+    test: str = "significant"  # which of them (schema.GATE_TESTS)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -241,6 +241,13 @@ TAGGED = Func("tagged", (
 SIGNIFICANT = Func("significant", (
     Param("confidence", Fraction(0.5, 1.0, lo_open=True, hi_open=True), default=0.95),
 ), doc="a check that must hold beyond the noise of the held-out sample")
+# `check not_worse(A >= B, confidence = 0.95)`: fails only where the paired resamples show A
+# below B beyond the noise (non-inferiority): a regression gate that equal models pass.
+NOT_WORSE = Func("not_worse", (
+    Param("confidence", Fraction(0.5, 1.0, lo_open=True, hi_open=True), default=0.95),
+), doc="a `>=` or `<=` check that fails only on a difference the other way beyond the noise")
+# The checks that wrap a comparison, by name: the statistical test each asks of the eval step.
+GATE_TESTS = {"significant": SIGNIFICANT, "not_worse": NOT_WORSE}
 
 # --- block schemas -----------------------------------------------------------------------------
 

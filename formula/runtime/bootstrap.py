@@ -93,19 +93,30 @@ class Resampler:
         return replicates(len(self.units), num, den, transform, self.resamples, self.seed)
 
 
-def significance(left_reps, right_reps, op: str, confidence: float) -> dict[str, Any]:
-    """Whether `left op right` holds in all but (1 - confidence) of the paired replicates, read
-    one-sided from the replicates of the difference: for `>`/`>=` its (1 - confidence) quantile
-    must be above zero, for `<`/`<=` its `confidence` quantile below zero. `share` is the part of
-    the replicates in which the comparison holds."""
+def significance(left_reps, right_reps, op: str, confidence: float,
+                 test: str = "significant") -> dict[str, Any]:
+    """The one-sided test of `left op right` on the paired replicates of the difference.
+
+    `significant`: the comparison holds in all but (1 - confidence) of them: for `>`/`>=` the
+    difference's (1 - confidence) quantile is above zero, for `<`/`<=` its `confidence` quantile
+    below zero. `not_worse` (non-inferiority): it fails only where the opposite holds so: for
+    `>=` the difference's `confidence` quantile is below zero, for `<=` its (1 - confidence)
+    quantile above zero; equal models pass. `held` says whether the test passed; `share` is the
+    part of the replicates in which the comparison holds."""
     import numpy as np
 
     d = np.asarray(left_reps, dtype=np.float64) - np.asarray(right_reps, dtype=np.float64)
     d = d[~np.isnan(d)]
     if not d.size:
-        return {"significant": False, "bound": None, "share": None, "difference_interval": None}
+        return {"test": test, "held": False, "bound": None, "share": None, "difference_interval": None}
     greater = op in (">", ">=")
-    bound = float(np.quantile(d, 1 - confidence if greater else confidence))
-    share = float(np.mean(d > 0 if greater else d < 0))
-    return {"significant": bound > 0 if greater else bound < 0, "bound": bound, "share": share,
+    if test == "not_worse":
+        bound = float(np.quantile(d, confidence if greater else 1 - confidence))
+        held = bound >= 0 if greater else bound <= 0
+        share = float(np.mean(d >= 0 if greater else d <= 0))
+    else:
+        bound = float(np.quantile(d, 1 - confidence if greater else confidence))
+        held = bound > 0 if greater else bound < 0
+        share = float(np.mean(d > 0 if greater else d < 0))
+    return {"test": test, "held": held, "bound": bound, "share": share,
             "difference_interval": interval(d, confidence)}

@@ -22,7 +22,7 @@ class Checked:
     block: BlockDef
     values: dict[str, Any]
     nodes: dict[str, ast.Field]
-    gates: list[tuple[tuple[Any, str, Any, float | None], ast.Check]]  # left, op, right, confidence
+    gates: list[tuple[tuple[Any, str, Any, float | None, str], ast.Check]]  # left, op, right, confidence, test
 
 
 class Checker(Protocol):

@@ -22,13 +22,13 @@ def build(ck: Checker, c: Checked) -> plan.EvalPlan | None:
         return None
     on = target(ck, v["on"])
     gates = []
-    for (left, op, right, confidence), node in c.gates:
+    for (left, op, right, confidence, test), node in c.gates:
         left, right = _metric_targets(ck, left, on, node), _metric_targets(ck, right, on, node)
         if left is None or right is None:
             return None
         text = expr_text(node.expr)  # canonical: reformatting the file does not change it
         gates.append(plan.GatePlan(left=left, op=op, right=right, text=text, origin=plan.Origin(
-            node.span.source.path, node.span.line, node.span.column), confidence=confidence))
+            node.span.source.path, node.span.line, node.span.column), confidence=confidence, test=test))
     metrics = []
     for m in v["metrics"]:
         m = _metric_targets(ck, m, on, c.nodes.get("metrics") or b.name)

@@ -402,10 +402,11 @@ class Evaluator:
 
         left, right = self.value(g["left"]), self.value(g["right"])
         passed = bool(OPS[g["op"]](left, right))
+        want = g.get("significant")
+        test = want.get("test", "significant") if want else "significant"
         out: dict[str, Any] = {"check": g["text"], "left": left, "right": right, "op": g["op"]}
         found: list[dict | None] = [self.measure(m)[1].get("_resample")
                                     for m in self.leaves(g["left"]) + self.leaves(g["right"])]
-        want = g.get("significant")
         confidence = float(want["confidence"]) if want else bootstrap.CONFIDENCE
         sig = None
         if all(found):
@@ -416,15 +417,16 @@ class Evaluator:
             out["left_interval"] = bootstrap.interval(lr, confidence)
             out["right_interval"] = bootstrap.interval(rr, confidence)
             if want:
-                sig = {**bootstrap.significance(lr, rr, g["op"], confidence), "resamples": n}
+                sig = {**bootstrap.significance(lr, rr, g["op"], confidence, test), "resamples": n}
                 if all(m["metric"] == "lm_eval" for m in self.leaves(g["left"]) + self.leaves(g["right"])):
                     sig["units"] = "documents"
         if want:
             if sig is None:
-                sig = {"significant": False, "bound": None, "share": None, "difference_interval": None,
+                sig = {"test": test, "held": False, "bound": None, "share": None, "difference_interval": None,
                        "why": "a measurement in it has no per-session figures to resample"}
             out["significance"] = {"confidence": confidence, **sig}
-            passed = passed and bool(sig["significant"])
+            # not_worse passes what is below the line by less than the noise: its test alone decides
+            passed = bool(sig["held"]) and (passed or test == "not_worse")
         out["passed"] = passed
         out["detail"] = gate_detail(out)
         return out
@@ -570,7 +572,12 @@ def gate_detail(g: dict) -> str:
         level, units = f"{100 * sig['confidence']:g}%", sig.get("units", "sessions")
         if sig.get("why"):
             text += f"; significance unknown: {sig['why']}"
-        elif sig["significant"]:
+        elif sig.get("test") == "not_worse":
+            share = "none" if sig["share"] is None else f"{100 * sig['share']:.1f}%"
+            verdict = "not worse beyond the noise" if sig["held"] else "worse beyond the noise"
+            text += (f"; {verdict}: holds in {share} of {sig['resamples']} paired resamples of the {units} "
+                     f"(one-sided {level} bound on the difference {sig['bound']:+.3g})")
+        elif sig["held"]:
             text += (f"; significant: holds in {100 * sig['share']:.1f}% of {sig['resamples']} paired "
                      f"resamples of the {units} (one-sided {level} bound on the difference "
                      f"{sig['bound']:+.3g})")
