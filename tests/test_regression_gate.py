@@ -50,6 +50,7 @@ REGRESSION = MICRO + '''
 eval gate {
   on = lm
   check perplexity(sessions.holdout) <= 1.01 * perplexity(tagged("v1"), sessions.holdout)
+  check not_worse(perplexity(sessions.holdout) <= perplexity(tagged("v1"), sessions.holdout))
 }
 '''
 
@@ -197,10 +198,13 @@ def test_a_retrain_that_got_worse_than_the_tagged_build_fails(micro):
 
     worse = run_formula(p, store, "build", "micro.formula", "--plain", "var.lr=1e-9", check=False)
     assert worse.returncode == 1, worse.stderr[-2000:]
-    [line] = failed_checks(worse)
+    line, paired = failed_checks(worse)
     # both figures with their intervals: the retrain's perplexity and 1.01 x the tagged build's
     assert 'perplexity(tagged("v1"), sessions.holdout)' in line and "is not <=" in line
     assert line.count("[") == 2, line
+    # and beyond the noise of the held-out sessions, paired (the equal model passed it above)
+    assert paired.startswith("check failed") and "not_worse(" in paired
+    assert "; worse beyond the noise: holds in 0.0% of 2000 paired resamples of the sessions" in paired, paired
     text = (Path(store) / "reports" / "micro" / "report.md").read_text()
     assert '`perplexity(tagged("v1", lm), sessions.holdout) of tagged("v1", lm)`' in text
     assert "**FAILED**" in text
